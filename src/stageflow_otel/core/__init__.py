@@ -1,0 +1,141 @@
+"""The engine: a telemetry-free async DAG runtime (stdlib and anyio only).
+
+Observability attaches through the seams defined here (interceptors, run hooks, event sinks,
+the extension registry); nothing in this package imports a telemetry library.
+"""
+
+from __future__ import annotations
+
+from .cancellation import CancellationToken as CancellationToken
+from .cancellation import CleanupRegistry as CleanupRegistry
+from .cancellation import CleanupReport as CleanupReport
+from .cancellation import StructuredTaskGroup as StructuredTaskGroup
+from .context import ContextBag as ContextBag
+from .context import OutputBag as OutputBag
+from .context import RunIdentity as RunIdentity
+from .context import StageContext as StageContext
+from .context import StageInputs as StageInputs
+from .errors import CycleDetectedError as CycleDetectedError
+from .errors import DataConflictError as DataConflictError
+from .errors import IdempotencyParamMismatch as IdempotencyParamMismatch
+from .errors import InterceptorError as InterceptorError
+from .errors import MaxDepthExceededError as MaxDepthExceededError
+from .errors import OutputConflictError as OutputConflictError
+from .errors import PipelineCancelled as PipelineCancelled
+from .errors import PipelineValidationError as PipelineValidationError
+from .errors import RateLimitError as RateLimitError
+from .errors import ServiceUnavailableError as ServiceUnavailableError
+from .errors import SinkClosedError as SinkClosedError
+from .errors import StageCancellationRequested as StageCancellationRequested
+from .errors import StageExecutionError as StageExecutionError
+from .errors import StageflowError as StageflowError
+from .errors import StageReturnTypeError as StageReturnTypeError
+from .errors import StageTimeoutError as StageTimeoutError
+from .errors import TransientError as TransientError
+from .errors import UndeclaredDependencyError as UndeclaredDependencyError
+from .errors import UnifiedPipelineCancelled as UnifiedPipelineCancelled
+from .errors import UnifiedStageExecutionError as UnifiedStageExecutionError
+from .events import CollectedEvent as CollectedEvent
+from .events import CollectingEventSink as CollectingEventSink
+from .events import EventSink as EventSink
+from .events import FanOutEventSink as FanOutEventSink
+from .events import LoggingEventSink as LoggingEventSink
+from .events import NoOpEventSink as NoOpEventSink
+from .executor import PipelineResults as PipelineResults
+from .executor import StageGraph as StageGraph
+from .extensions import ExtensionRegistry as ExtensionRegistry
+from .extensions import default_extensions as default_extensions
+from .interceptors import BaseInterceptor as BaseInterceptor
+from .interceptors import CallNext as CallNext
+from .interceptors import Interceptor as Interceptor
+from .interceptors import InterceptorChain as InterceptorChain
+from .interceptors import RunCall as RunCall
+from .interceptors import RunHook as RunHook
+from .interceptors import StageCall as StageCall
+from .model import NoOpStage as NoOpStage
+from .model import Stage as Stage
+from .model import StageArtifact as StageArtifact
+from .model import StageEvent as StageEvent
+from .model import StageKind as StageKind
+from .model import StageOutput as StageOutput
+from .model import StageReturn as StageReturn
+from .model import StageStatus as StageStatus
+from .pipeline import FailureMode as FailureMode
+from .pipeline import FunctionStage as FunctionStage
+from .pipeline import Pipeline as Pipeline
+from .pipeline import StageSpec as StageSpec
+from .pipeline import stage_fn as stage_fn
+from .subpipeline import ChildRunStatistics as ChildRunStatistics
+from .subpipeline import ChildRunTracker as ChildRunTracker
+from .subpipeline import SubpipelineCall as SubpipelineCall
+from .subpipeline import SubpipelineResult as SubpipelineResult
+from .subpipeline import SubpipelineSpawner as SubpipelineSpawner
+from .wide_events import WideEventEmitter as WideEventEmitter
+
+__all__ = (
+    "BaseInterceptor",
+    "CallNext",
+    "CancellationToken",
+    "ChildRunStatistics",
+    "ChildRunTracker",
+    "CleanupRegistry",
+    "CleanupReport",
+    "CollectedEvent",
+    "CollectingEventSink",
+    "ContextBag",
+    "CycleDetectedError",
+    "DataConflictError",
+    "EventSink",
+    "ExtensionRegistry",
+    "FailureMode",
+    "FanOutEventSink",
+    "FunctionStage",
+    "IdempotencyParamMismatch",
+    "Interceptor",
+    "InterceptorChain",
+    "InterceptorError",
+    "LoggingEventSink",
+    "MaxDepthExceededError",
+    "NoOpEventSink",
+    "NoOpStage",
+    "OutputBag",
+    "OutputConflictError",
+    "Pipeline",
+    "PipelineCancelled",
+    "PipelineResults",
+    "PipelineValidationError",
+    "RateLimitError",
+    "RunCall",
+    "RunHook",
+    "RunIdentity",
+    "ServiceUnavailableError",
+    "SinkClosedError",
+    "Stage",
+    "StageArtifact",
+    "StageCall",
+    "StageCancellationRequested",
+    "StageContext",
+    "StageEvent",
+    "StageExecutionError",
+    "StageGraph",
+    "StageInputs",
+    "StageKind",
+    "StageOutput",
+    "StageReturn",
+    "StageReturnTypeError",
+    "StageSpec",
+    "StageStatus",
+    "StageTimeoutError",
+    "StageflowError",
+    "StructuredTaskGroup",
+    "SubpipelineCall",
+    "SubpipelineResult",
+    "SubpipelineSpawner",
+    "TransientError",
+    "UndeclaredDependencyError",
+    "UnifiedPipelineCancelled",
+    "UnifiedStageExecutionError",
+    "WideEventEmitter",
+    "default_extensions",
+    "stage_fn",
+)

@@ -1,0 +1,823 @@
+"""The DAG executor: runs each stage as soon as its dependencies are done.
+
+Scheduling is O(1) amortised per stage: adjacency lists and in-degree counters, no scan of the
+graph per stage. On asyncio each stage is one native task (the cheapest unit the loop has); on
+other backends (trio) each stage is one task of an anyio task group. Either way the run never
+returns or raises while one of its stages is still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import datetime as _dt
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import sniffio
+
+from .cancellation import CancellationToken, CleanupRegistry
+from .context import ContextBag, RunIdentity, StageContext, StageInputs
+from .errors import (
+    PipelineCancelled,
+    StageCancellationRequested,
+    StageExecutionError,
+    StageReturnTypeError,
+    StageTimeoutError,
+)
+from .events import EventSink
+from .extensions import default_extensions
+from .interceptors import (
+    CallNext,
+    Interceptor,
+    InterceptorChain,
+    RunCall,
+    RunHook,
+    StageCall,
+    qualified_name,
+)
+from .model import StageOutput, StageStatus
+from .wide_events import WideEventEmitter, error_type_of, iso_timestamp
+
+if TYPE_CHECKING:
+    from .pipeline import FailureMode, StageSpec
+
+__all__ = ("PipelineResults", "RunState", "StageGraph")
+
+logger = logging.getLogger("stageflow_otel.executor")
+
+_EMPTY_DATA: Mapping[str, Any] = MappingProxyType({})
+_OK_EMPTY = StageOutput(StageStatus.OK, _EMPTY_DATA)
+_FAIL = StageStatus.FAIL
+_CANCEL = StageStatus.CANCEL
+_RETRY = StageStatus.RETRY
+_SKIP = StageStatus.SKIP
+_perf = time.perf_counter
+
+_COMPLETION_EVENT = {
+    StageStatus.OK: "stage.completed",
+    StageStatus.FAIL: "stage.failed",
+    StageStatus.SKIP: "stage.skipped",
+    StageStatus.CANCEL: "stage.cancelled",
+    StageStatus.RETRY: "stage.completed",
+}
+
+
+class PipelineResults(Mapping[str, StageOutput]):
+    """The outputs of a run, by stage name, in completion order.
+
+    Attributes:
+        pipeline: The pipeline name.
+        run_id: The run id.
+        status: ``ok``, ``fail`` or ``cancel``.
+        duration_ms: Wall time of the run.
+    """
+
+    __slots__ = ("_attempts", "_outputs", "duration_ms", "pipeline", "run_id", "status")
+
+    def __init__(
+        self,
+        outputs: Mapping[str, StageOutput],
+        *,
+        attempts: Mapping[str, int] | None = None,
+        pipeline: str = "pipeline",
+        run_id: str = "",
+        status: str = "ok",
+        duration_ms: float = 0.0,
+    ) -> None:
+        self._outputs = outputs
+        self._attempts = attempts or {}
+        self.pipeline = pipeline
+        self.run_id = run_id
+        self.status = status
+        self.duration_ms = duration_ms
+
+    def __getitem__(self, stage: str) -> StageOutput:
+        return self._outputs[stage]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._outputs)
+
+    def __len__(self) -> int:
+        return len(self._outputs)
+
+    def __repr__(self) -> str:
+        statuses = ", ".join(f"{k}={v.status.value}" for k, v in list(self._outputs.items())[:8])
+        more = "" if len(self._outputs) <= 8 else f", ... ({len(self._outputs) - 8} more)"
+        return f"PipelineResults({self.pipeline!r}, status={self.status!r}, {statuses}{more})"
+
+    @property
+    def ok(self) -> bool:
+        """True when no stage failed or cancelled."""
+        return self.status == "ok"
+
+    def require_ok(self, stage: str) -> StageOutput:
+        """The output of ``stage``, which must be OK.
+
+        Raises:
+            KeyError: If the stage has no output.
+            RuntimeError: If its status is not OK.
+        """
+        output = self._outputs.get(stage)
+        if output is None:
+            raise KeyError(f"stage {stage!r} has no output in this run (stages: {', '.join(self)})")
+        if output.status is not StageStatus.OK:
+            detail = f": {output.error}" if output.error else ""
+            raise RuntimeError(f"stage {stage!r} ended with status {output.status.value}{detail}")
+        return output
+
+    def data(self, stage: str) -> Mapping[str, Any]:
+        """The output data of ``stage`` (empty if it has no output)."""
+        output = self._outputs.get(stage)
+        return _EMPTY_DATA if output is None else output.data
+
+    def failed(self) -> dict[str, StageOutput]:
+        """The stages that failed."""
+        return {k: v for k, v in self._outputs.items() if v.status is _FAIL}
+
+    def attempts(self, stage: str) -> int:
+        """Attempts ``stage`` took (0 if it did not run)."""
+        if stage not in self._outputs:
+            return 0
+        return self._attempts.get(stage, 1)
+
+
+class StageGraph:
+    """A validated, compiled pipeline, ready to run any number of times (even concurrently).
+
+    Build one with ``Pipeline.build()``. Per-run state lives in the run, never in the graph.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        ordered: Sequence[StageSpec],
+        *,
+        interceptors: tuple[Interceptor, ...] = (),
+        hooks: tuple[RunHook, ...] | None = None,
+        event_sink: EventSink | None = None,
+        failure_mode: FailureMode = "fail_fast",
+        max_concurrency: int | None = None,
+        max_depth: int = 5,
+        emit_stage_wide_events: bool = False,
+        emit_pipeline_wide_event: bool = False,
+        cleanup_timeout: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.specs: tuple[StageSpec, ...] = tuple(ordered)
+        self.index: dict[str, int] = {spec.name: i for i, spec in enumerate(self.specs)}
+        n = len(self.specs)
+        children: list[list[int]] = [[] for _ in range(n)]
+        for i, spec in enumerate(self.specs):
+            for dep in spec.dependencies:
+                children[self.index[dep]].append(i)
+        self.children: tuple[tuple[int, ...], ...] = tuple(tuple(c) for c in children)
+        self.in_degree: tuple[int, ...] = tuple(len(s.dependencies) for s in self.specs)
+        self.roots: tuple[int, ...] = tuple(i for i in range(n) if self.in_degree[i] == 0)
+        self.interceptors = interceptors
+        self.hooks = hooks
+        self.event_sink = event_sink
+        self.failure_mode = failure_mode
+        self.max_concurrency = max_concurrency
+        self.max_depth = max_depth
+        self.wide_events = (
+            WideEventEmitter() if emit_stage_wide_events or emit_pipeline_wide_event else None
+        )
+        self.emit_stage_wide_events = emit_stage_wide_events
+        self.emit_pipeline_wide_event = emit_pipeline_wide_event
+        self.cleanup_timeout = cleanup_timeout
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """Stage names in topological order."""
+        return tuple(spec.name for spec in self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __repr__(self) -> str:
+        return f"StageGraph({self.name!r}, stages={len(self.specs)})"
+
+    async def run(
+        self,
+        data: Mapping[str, Any] | None = None,
+        *,
+        identity: RunIdentity | None = None,
+        cancel_token: CancellationToken | None = None,
+        event_sink: EventSink | None = None,
+        hooks: Sequence[RunHook] | None = None,
+        traceparent: str | None = None,
+        entry_point: bool = False,
+    ) -> PipelineResults:
+        """Run the pipeline once.
+
+        Args:
+            data: Run input, read-only for stages (``ctx.data``).
+            identity: The run's identity; a new run id by default.
+            cancel_token: Cancelling it stops the run with :class:`PipelineCancelled`.
+            event_sink: Lifecycle events go here (in addition to the graph's sink).
+            hooks: Run hooks for this run; overrides the graph's and the installed extensions.
+            traceparent: A W3C ``traceparent`` for tracing hooks to join.
+            entry_point: Whether this run is the process's main unit of work (the CLI).
+
+        Returns:
+            The results, when every stage succeeded (OK, SKIP).
+
+        Raises:
+            StageExecutionError: A stage failed; ``.results`` has the partial results and the
+                stage's exception is the ``__cause__``.
+            PipelineCancelled: A stage returned CANCEL or ``cancel_token`` was cancelled.
+        """
+        state = RunState(
+            self,
+            data,
+            identity or RunIdentity(),
+            event_sink=event_sink,
+            hooks=hooks,
+            cancel_token=cancel_token,
+            traceparent=traceparent,
+            entry_point=entry_point,
+        )
+        return await state.start()
+
+
+def _with_hook(hook: RunHook, proceed: CallNext) -> CallNext:
+    around = hook.around_stage
+
+    async def wrapped(call: StageCall) -> StageOutput:
+        return await around(call, proceed)
+
+    return wrapped
+
+
+class RunState:
+    """The state of one run: outputs, counters, tasks. Internal to the executor."""
+
+    def __init__(
+        self,
+        graph: StageGraph,
+        data: Mapping[str, Any] | None,
+        identity: RunIdentity,
+        *,
+        event_sink: EventSink | None = None,
+        hooks: Sequence[RunHook] | None = None,
+        cancel_token: CancellationToken | None = None,
+        traceparent: str | None = None,
+        entry_point: bool = False,
+        depth: int = 0,
+        parent_run_id: str | None = None,
+        parent_stage: str | None = None,
+        correlation_id: str | None = None,
+        inherited_sinks: Sequence[EventSink] = (),
+        max_depth: int | None = None,
+        children_tracker: Any = None,
+    ) -> None:
+        self.graph = graph
+        self.name = graph.name
+        self.data: Mapping[str, Any] = MappingProxyType(dict(data)) if data else _EMPTY_DATA
+        self.identity = identity
+        self.run_id = identity.pipeline_run_id
+        self.depth = depth
+        self.parent_run_id = parent_run_id
+        self.parent_stage = parent_stage
+        self.correlation_id = correlation_id
+        self.traceparent = traceparent
+        self.entry_point = entry_point
+        self.cancel_token = cancel_token
+        self.max_depth = graph.max_depth if max_depth is None else max_depth
+        self.children_tracker = children_tracker
+        self.bag = ContextBag()
+        self.cleanup = CleanupRegistry()
+        self.outputs: dict[str, StageOutput] = {}
+        self.attempts: dict[str, int] = {}
+        self.stop_reason: str | None = None
+        self.stop_kind: str | None = None
+        self.stop_stage: str | None = None
+        self.failed_stage: str | None = None
+        self.blocked_by: dict[str, str] = {}
+        self.status = "running"
+
+        if hooks is not None:
+            chosen_hooks = tuple(hooks)
+            extension_sinks: tuple[EventSink, ...] = ()
+        elif graph.hooks is not None:
+            chosen_hooks = graph.hooks
+            extension_sinks = ()
+        else:
+            chosen_hooks = default_extensions.hooks
+            extension_sinks = default_extensions.event_sinks
+        self.hooks: tuple[RunHook, ...] = chosen_hooks
+        sinks: list[EventSink] = list(inherited_sinks)
+        for sink in (graph.event_sink, event_sink, *extension_sinks):
+            if sink is not None and sink not in sinks:
+                sinks.append(sink)
+        self.sinks: list[EventSink] = sinks
+        self.decorators = tuple(
+            h.decorate_event for h in chosen_hooks if type(h).overrides("decorate_event")
+        )
+        self._wrappers = tuple(
+            h.around_interceptor for h in chosen_hooks if type(h).overrides("around_interceptor")
+        )
+        entry: CallNext = self._run_stage_core
+        for hook in reversed(chosen_hooks):
+            if type(hook).overrides("around_stage"):
+                entry = _with_hook(hook, entry)
+        self._stage_entry = entry
+        self._chains: dict[tuple[int, ...], CallNext] = {}
+
+        specs = graph.specs
+        self.specs = specs
+        self.children = graph.children
+        self.remaining = list(graph.in_degree)
+        self.ready: deque[int] = deque(graph.roots)
+        self.ready_at: list[float] = [0.0] * len(specs)
+        self.active = 0
+        self.max_concurrency = graph.max_concurrency
+        self.fail_fast = graph.failure_mode == "fail_fast"
+        self.wide = graph.wide_events
+        self._tasks: dict[int, Any] = {}
+        self._idle: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task_group: Any = None
+        self._run_context: contextvars.Context | None = None
+        self._perf_start = 0.0
+        self._wall_start = _dt.datetime.now(_dt.UTC)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def emit(self, type: str, data: dict[str, Any]) -> None:
+        """Send one event to the run's sinks; a sink that raises is dropped for the run."""
+        sinks = self.sinks
+        if not sinks:
+            return
+        data["pipeline_run_id"] = self.run_id
+        data["pipeline"] = self.name
+        data["timestamp"] = iso_timestamp()
+        for decorate in self.decorators:
+            try:
+                decorate(data)
+            except Exception:
+                logger.exception("event decorator %r failed; event sent without it", decorate)
+        for sink in tuple(sinks):
+            try:
+                sink.try_emit(type=type, data=data)
+            except Exception:
+                logger.exception(
+                    "event sink %r raised on %r; it receives no more events of run %s",
+                    sink,
+                    type,
+                    self.run_id,
+                )
+                sinks.remove(sink)
+
+    def _wall(self, perf: float) -> _dt.datetime:
+        return self._wall_start + _dt.timedelta(seconds=perf - self._perf_start)
+
+    # -- the run ----------------------------------------------------------------------------
+
+    async def start(self) -> PipelineResults:
+        """Run, wrapped by every hook's ``around_run``."""
+        proceed: Callable[[], Awaitable[PipelineResults]] = self._execute
+        hooks = [h for h in self.hooks if type(h).overrides("around_run")]
+        if hooks:
+            call = RunCall(
+                pipeline=self.name,
+                identity=self.identity,
+                data=self.data,
+                stage_names=tuple(spec.name for spec in self.specs),
+                depth=self.depth,
+                parent_run_id=self.parent_run_id,
+                parent_stage=self.parent_stage,
+                correlation_id=self.correlation_id,
+                traceparent=self.traceparent,
+                entry_point=self.entry_point,
+                state=self,
+            )
+            for hook in reversed(hooks):
+                proceed = _with_run_hook(hook, call, proceed)
+        return await proceed()
+
+    async def _execute(self) -> PipelineResults:
+        self._perf_start = start = _perf()
+        self._wall_start = _dt.datetime.now(_dt.UTC)
+        for root in self.ready:
+            self.ready_at[root] = start
+        if self.sinks:
+            started: dict[str, Any] = {
+                "stage_count": len(self.specs),
+                "depth": self.depth,
+                **_identity_payload(self.identity),
+            }
+            if self.parent_run_id is not None:
+                started["parent_run_id"] = self.parent_run_id
+                started["parent_stage"] = self.parent_stage
+                started["correlation_id"] = self.correlation_id
+            self.emit("pipeline.started", started)
+        remove_callback = (
+            self.cancel_token.on_cancel(self._on_token_cancelled) if self.cancel_token else None
+        )
+        try:
+            if sniffio.current_async_library() == "asyncio":
+                await self._drive_asyncio()
+            else:
+                await self._drive_task_group()
+        except BaseException:
+            # Cancelled from outside: every stage task has already been stopped and awaited.
+            self.status = "cancel"
+            self.stop_kind = self.stop_kind or "cancel"
+            self.stop_reason = self.stop_reason or _CALLER_CANCELLED
+            with anyio.CancelScope(shield=True):
+                await self._finish_run()
+            raise
+        finally:
+            if remove_callback is not None:
+                remove_callback()
+        return await self._finish_run()
+
+    async def _finish_run(self) -> PipelineResults:
+        if len(self.cleanup):
+            report = await self.cleanup.run_all(timeout=self.graph.cleanup_timeout)
+            if report.failed:
+                self.emit(
+                    "pipeline.cleanup_failed",
+                    {
+                        "failed": [name for name, _ in report.failed],
+                        "completed": list(report.completed),
+                    },
+                )
+        duration_ms = (_perf() - self._perf_start) * 1000
+        if self.status == "cancel" or self.stop_kind == "cancel":
+            status = "cancel"
+        elif self.failed_stage is not None:
+            status = "fail"
+        else:
+            status = "ok"
+        self.status = status
+        results = PipelineResults(
+            self.outputs,
+            attempts=self.attempts,
+            pipeline=self.name,
+            run_id=self.run_id,
+            status=status,
+            duration_ms=duration_ms,
+        )
+        failed_output = self.outputs.get(self.failed_stage) if self.failed_stage else None
+        if self.sinks:
+            counts: dict[str, int] = {}
+            for out in self.outputs.values():
+                counts[out.status.value] = counts.get(out.status.value, 0) + 1
+            payload: dict[str, Any] = {
+                "status": status,
+                "duration_ms": round(duration_ms, 3),
+                "stage_count": len(self.specs),
+                "stage_counts": counts,
+            }
+            if status == "fail" and failed_output is not None:
+                payload["failed_stage"] = self.failed_stage
+                payload["error"] = failed_output.error
+                payload["error_type"] = error_type_of(failed_output)
+            elif status == "cancel":
+                payload["stage"] = self.stop_stage
+                payload["reason"] = self.stop_reason
+            self.emit(f"pipeline.{_RUN_EVENT[status]}", payload)
+            if self.wide is not None and self.graph.emit_pipeline_wide_event:
+                self.emit(
+                    self.wide.pipeline_event_type,
+                    self.wide.pipeline_payload(
+                        pipeline=self.name,
+                        identity=self.identity,
+                        status=status,
+                        outputs=self.outputs,
+                        stage_count=len(self.specs),
+                        started_at=self._wall_start,
+                        ended_at=self._wall(_perf()),
+                        failed_stage=self.failed_stage,
+                        error=failed_output.error if failed_output else None,
+                    ),
+                )
+        if status == "cancel":
+            if self.stop_kind == "cancel" and self.stop_reason is not None and self.status_is_own():
+                raise PipelineCancelled(
+                    stage=self.stop_stage, reason=self.stop_reason, results=results
+                )
+            return results
+        if status == "fail" and failed_output is not None:
+            assert self.failed_stage is not None
+            original = failed_output.exception
+            error = StageExecutionError(
+                self.failed_stage,
+                error=failed_output.error or "failed",
+                results=results,
+                original=original,
+            )
+            raise error from original
+        return results
+
+    def status_is_own(self) -> bool:
+        """Whether the run stopped itself (a stage or token), rather than its caller."""
+        return self.stop_reason != _CALLER_CANCELLED
+
+    # -- drivers ----------------------------------------------------------------------------
+
+    async def _drive_asyncio(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._run_context = contextvars.copy_context()
+        idle = self._idle = loop.create_future()
+        self._pump()
+        if self.active == 0:
+            return
+        try:
+            await idle
+        except BaseException:
+            # Stop started stages; stages not started yet see the stop and return at once.
+            self._stop(None, _CALLER_CANCELLED, "cancel", None)
+            if not idle.done():
+                with anyio.CancelScope(shield=True):
+                    await idle
+            raise
+
+    async def _drive_task_group(self) -> None:
+        self._run_context = contextvars.copy_context()
+        async with anyio.create_task_group() as task_group:
+            self._task_group = task_group
+            self._pump()
+        self._task_group = None
+
+    def _pump(self) -> None:
+        ready = self.ready
+        limit = self.max_concurrency
+        context = self._run_context
+        assert context is not None
+        loop = self._loop
+        while ready and (limit is None or self.active < limit):
+            i = ready.popleft()
+            self.active += 1
+            if loop is not None:
+                loop.create_task(self._stage_task(i), context=context.copy())
+            else:
+                context.run(self._task_group.start_soon, self._scoped_stage_task, i)
+
+    async def _scoped_stage_task(self, i: int) -> None:
+        with anyio.CancelScope() as scope:
+            self._tasks[i] = scope
+            await self._stage_task(i)
+
+    def _stop(self, stage: str | None, reason: str, kind: str, current: int | None) -> None:
+        if self.stop_reason is not None:
+            return
+        self.stop_reason = reason
+        self.stop_kind = kind
+        self.stop_stage = stage
+        self.ready.clear()
+        for i, handle in list(self._tasks.items()):
+            if i != current:
+                handle.cancel()
+
+    def _on_token_cancelled(self, reason: str) -> None:
+        self._stop(None, reason, "cancel", None)
+
+    # -- one stage ----------------------------------------------------------------------------
+
+    async def _stage_task(self, i: int) -> None:
+        spec = self.specs[i]
+        try:
+            if self.stop_reason is not None:
+                return
+            if self._loop is not None:
+                # Registered once running: a task cancelled before its first step would never
+                # run its ``finally`` and the run's accounting would stall.
+                self._tasks[i] = asyncio.current_task()
+            now = _perf()
+            ctx = StageContext(
+                self, spec.name, StageInputs(spec.name, spec.dependencies, self.outputs)
+            )
+            call = StageCall(spec, ctx, self.name, now - self.ready_at[i], now)
+            try:
+                output = await self._stage_entry(call)
+            except Exception as exc:
+                # Only a broken hook gets here: stages and interceptors are caught further in.
+                logger.exception("a run hook failed on stage %r", spec.name)
+                output = StageOutput.fail(exc, metadata={"error_type": qualified_name(exc)})
+            except BaseException:
+                if spec.name not in self.outputs:
+                    self.outputs[spec.name] = self._cancelled_output()
+                raise
+            self._complete(i, output, ctx.attempt)
+        finally:
+            self.active -= 1
+            self._tasks.pop(i, None)
+            idle = self._idle
+            if self.active == 0 and not self.ready and idle is not None and not idle.done():
+                idle.set_result(None)
+
+    def _cancelled_output(self) -> StageOutput:
+        return StageOutput.cancel(self.stop_reason or "cancelled")
+
+    async def _run_stage_core(self, call: StageCall) -> StageOutput:
+        """Inside every hook: events, skip decisions, the interceptor chain, the runner."""
+        spec = call.spec
+        name = spec.name
+        sinks = self.sinks
+        if sinks:
+            self.emit(
+                "stage.started",
+                {
+                    "stage": name,
+                    "kind": spec.kind.value,
+                    "attempt": call.attempt,
+                    "queue_wait_ms": round(call.queue_wait_s * 1000, 3),
+                },
+            )
+        try:
+            blocked = self.blocked_by.get(name) if self.blocked_by else None
+            if blocked is not None:
+                output = StageOutput.skip(f"upstream stage {blocked!r} failed").with_metadata(
+                    blocked_by=blocked
+                )
+            elif spec.conditional and (reason := self._skip_reason(call)):
+                output = StageOutput.skip(reason)
+            else:
+                output = await self._chain_for(spec)(call)
+                if output.status is _RETRY:
+                    output = StageOutput.fail(
+                        f"stage {name!r} returned RETRY ({output.error}) but no retry policy "
+                        "handled it; add a RetryInterceptor to the pipeline or the stage",
+                        metadata={"error_type": "stageflow.unhandled_retry"},
+                    )
+        except BaseException:
+            output = self._cancelled_output()
+            self.outputs[name] = output
+            if self.sinks:
+                self.emit(
+                    "stage.cancelled",
+                    {
+                        "stage": name,
+                        "status": "cancel",
+                        "reason": output.data.get("cancel_reason"),
+                        "duration_ms": round((_perf() - call.started_at) * 1000, 3),
+                        "attempt": call.attempt,
+                    },
+                )
+            raise
+        end = _perf()
+        if output.duration_ms is None:
+            output = output.with_duration((end - call.started_at) * 1000)
+        if self.sinks:
+            self._emit_completion(call, output, end)
+        return output
+
+    def _emit_completion(self, call: StageCall, output: StageOutput, end: float) -> None:
+        name = call.stage
+        status = output.status
+        payload: dict[str, Any] = {
+            "stage": name,
+            "status": status.value,
+            "duration_ms": round(output.duration_ms or 0.0, 3),
+            "attempt": call.attempt,
+        }
+        if status is _FAIL:
+            payload["error"] = output.error
+            payload["error_type"] = error_type_of(output)
+        elif status is _SKIP:
+            payload["reason"] = output.data.get("reason")
+        elif status is _CANCEL:
+            payload["reason"] = output.data.get("cancel_reason")
+        else:
+            payload["data_keys"] = sorted(str(k) for k in output.data)
+        for event in output.events:
+            self.emit(event.type, {**event.data, "stage": name})
+        for artifact in output.artifacts:
+            self.emit(
+                "stage.artifact",
+                {"stage": name, "artifact_type": artifact.type, "payload": dict(artifact.payload)},
+            )
+        self.emit(_COMPLETION_EVENT[status], payload)
+        if self.wide is not None and self.graph.emit_stage_wide_events:
+            self.emit(
+                self.wide.stage_event_type,
+                self.wide.stage_payload(
+                    pipeline=self.name,
+                    identity=self.identity,
+                    stage=name,
+                    kind=call.kind.value,
+                    output=output,
+                    started_at=self._wall(call.started_at),
+                    ended_at=self._wall(end),
+                    attempt=call.attempt,
+                    queue_wait_ms=call.queue_wait_s * 1000,
+                ),
+            )
+
+    def _skip_reason(self, call: StageCall) -> str | None:
+        outputs = self.outputs
+        for dep in call.spec.dependencies:
+            out = outputs.get(dep)
+            if out is not None:
+                reason = out.data.get("skip_reason")
+                if reason:
+                    return str(reason)
+        return None
+
+    def _chain_for(self, spec: StageSpec) -> CallNext:
+        interceptors = self.graph.interceptors + spec.interceptors
+        if not interceptors:
+            return self._invoke
+        key = tuple(id(i) for i in interceptors)
+        chain = self._chains.get(key)
+        if chain is None:
+            chain = InterceptorChain(interceptors, self._invoke, wrappers=self._wrappers)
+            self._chains[key] = chain
+        return chain
+
+    async def _invoke(self, call: StageCall) -> StageOutput:
+        """The innermost call: run the stage once and turn what it did into a StageOutput."""
+        spec = call.spec
+        result: object  # runners are typed, but user code may return anything
+        try:
+            if spec.timeout is None:
+                result = await spec.invoke(call.context)
+            else:
+                with anyio.move_on_after(spec.timeout) as scope:
+                    result = await spec.invoke(call.context)
+                if scope.cancelled_caught:
+                    return StageOutput.fail(
+                        StageTimeoutError(spec.name, spec.timeout),
+                        metadata={"error_type": "stageflow.timeout", "error_code": "TIMEOUT"},
+                    )
+        except StageCancellationRequested as exc:
+            return StageOutput.cancel(exc.reason)
+        except Exception as exc:
+            return StageOutput.fail(exc)
+        if result is None:
+            return _OK_EMPTY
+        if isinstance(result, StageOutput):
+            return result
+        if isinstance(result, Mapping):
+            return StageOutput(StageStatus.OK, result)
+        return StageOutput.fail(StageReturnTypeError(spec.name, result))
+
+    def _complete(self, i: int, output: StageOutput, attempts: int) -> None:
+        spec = self.specs[i]
+        name = spec.name
+        self.outputs[name] = output
+        if attempts != 1:
+            self.attempts[name] = attempts
+        status = output.status
+        poison: str | None = None
+        if status is _FAIL:
+            if self.failed_stage is None:
+                self.failed_stage = name
+            if self.fail_fast:
+                self._stop(name, f"stage {name!r} failed", "fail", i)
+                return
+            poison = name
+        elif status is _CANCEL:
+            self._stop(name, str(output.data.get("cancel_reason") or "cancelled"), "cancel", i)
+            return
+        elif self.blocked_by:
+            poison = self.blocked_by.get(name)
+        if self.stop_reason is not None:
+            return
+        remaining = self.remaining
+        ready = self.ready
+        now = 0.0
+        specs = self.specs
+        for child in self.children[i]:
+            if poison is not None:
+                self.blocked_by.setdefault(specs[child].name, poison)
+            remaining[child] -= 1
+            if remaining[child] == 0:
+                if not now:
+                    now = _perf()
+                self.ready_at[child] = now
+                ready.append(child)
+        if ready:
+            self._pump()
+
+
+_CALLER_CANCELLED = "the caller was cancelled"
+_RUN_EVENT = {"ok": "completed", "fail": "failed", "cancel": "cancelled"}
+
+
+def _with_run_hook(
+    hook: RunHook, call: RunCall, proceed: Callable[[], Awaitable[PipelineResults]]
+) -> Callable[[], Awaitable[PipelineResults]]:
+    async def wrapped() -> PipelineResults:
+        return await hook.around_run(call, proceed)
+
+    return wrapped
+
+
+def _identity_payload(identity: RunIdentity) -> dict[str, Any]:
+    payload: dict[str, Any] = {}
+    for key in ("request_id", "session_id", "user_id", "org_id", "interaction_id"):
+        value = getattr(identity, key)
+        if value is not None:
+            payload[key] = value
+    return payload

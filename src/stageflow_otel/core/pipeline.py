@@ -1,0 +1,604 @@
+"""Declaring pipelines: ``Pipeline.with_stage(...)``, validation, and the compiled ``StageGraph``."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+
+import anyio.to_thread
+
+from .errors import CycleDetectedError, PipelineValidationError, format_names
+from .interceptors import Interceptor, RunHook
+from .model import StageKind, StageReturn
+
+if TYPE_CHECKING:
+    from .cancellation import CancellationToken
+    from .context import RunIdentity, StageContext
+    from .events import EventSink
+    from .executor import PipelineResults, StageGraph
+
+__all__ = ("FailureMode", "Pipeline", "StageRunner", "StageSpec", "stage_fn")
+
+FailureMode = Literal["fail_fast", "continue"]
+"""``fail_fast``: the first failure cancels running stages and fails the run. ``continue``:
+independent branches finish, dependents of a failed stage are skipped, then the run fails."""
+
+StageRunner = Any
+"""A ``Stage`` instance or class, an ``async def f(ctx)``, or a plain ``def f(ctx)``."""
+
+Invoke = Callable[["StageContext"], Awaitable[StageReturn]]
+
+
+def _callable_name(obj: Any) -> str:
+    target: Any = obj if isinstance(obj, type) or inspect.isroutine(obj) else type(obj)
+    if isinstance(obj, functools.partial):
+        target = obj.func
+    module = getattr(target, "__module__", None) or ""
+    qualname = getattr(target, "__qualname__", None) or repr(target)
+    return f"{module}.{qualname}" if module else qualname
+
+
+def _is_async_callable(obj: Any) -> bool:
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    if inspect.iscoroutinefunction(obj):
+        return True
+    call = getattr(type(obj), "__call__", None)  # noqa: B004  (the type's __call__, not callable())
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _resolve_runner(name: str, runner: Any) -> tuple[Invoke, str, StageKind | None]:
+    """Turn a runner into ``invoke(ctx)``, a function name, and the kind it declares."""
+    declared = getattr(runner, "kind", None)
+    kind = StageKind(declared) if isinstance(declared, str) else None
+    if isinstance(runner, type):
+        if not callable(getattr(runner, "execute", None)):
+            raise PipelineValidationError(
+                f"stage {name!r}: class {runner.__qualname__} has no execute(ctx) method",
+                stages=(name,),
+                fix_hint="implement `async def execute(self, ctx)` or pass a function",
+            )
+        cls = runner
+
+        async def invoke_class(ctx: StageContext) -> StageReturn:
+            return await cls().execute(ctx)  # type: ignore[no-any-return]
+
+        return invoke_class, _callable_name(runner), kind
+    execute = getattr(runner, "execute", None)
+    if execute is not None and callable(execute) and not inspect.isroutine(runner):
+        if not _is_async_callable(execute):
+            raise PipelineValidationError(
+                f"stage {name!r}: {type(runner).__qualname__}.execute must be `async def`",
+                stages=(name,),
+                fix_hint="declare execute with `async def`",
+            )
+        return execute, _callable_name(runner), kind
+    if not callable(runner):
+        raise PipelineValidationError(
+            f"stage {name!r}: runner {runner!r} is not callable",
+            stages=(name,),
+            fix_hint="pass a Stage instance or class, an `async def f(ctx)` or a `def f(ctx)`",
+        )
+    if _is_async_callable(runner):
+        return runner, _callable_name(runner), kind
+    return functools.partial(anyio.to_thread.run_sync, runner), _callable_name(runner), kind
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StageSpec:
+    """One stage of a pipeline, as declared.
+
+    Attributes:
+        name: Unique stage name.
+        runner: What runs (a Stage instance or class, or a function).
+        kind: The stage kind.
+        dependencies: Stages that must be done before this one starts.
+        conditional: Skip this stage when a dependency's output data has a truthy ``skip_reason``.
+        timeout: Seconds one attempt may take; ``None`` for no limit.
+        interceptors: Stage-level interceptors, inside the pipeline-level ones.
+        function_name: Qualified name of the runner (``code.function.name``).
+    """
+
+    name: str
+    runner: StageRunner
+    kind: StageKind
+    dependencies: tuple[str, ...] = ()
+    conditional: bool = False
+    timeout: float | None = None
+    interceptors: tuple[Interceptor, ...] = ()
+    function_name: str = ""
+    invoke: Invoke = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def same_as(self, other: StageSpec) -> bool:
+        """Whether two declarations are interchangeable (used by ``compose``)."""
+        return (
+            self.name == other.name
+            and self.runner is other.runner
+            and self.kind == other.kind
+            and self.dependencies == other.dependencies
+            and self.conditional == other.conditional
+            and self.timeout == other.timeout
+            and self.interceptors == other.interceptors
+        )
+
+
+def make_spec(
+    name: str,
+    runner: StageRunner,
+    kind: StageKind | str | None = None,
+    dependencies: Iterable[str] | None = None,
+    *,
+    after: Iterable[str] | None = None,
+    conditional: bool = False,
+    timeout: float | None = None,
+    interceptors: Sequence[Interceptor] = (),
+) -> StageSpec:
+    """Validate one stage's arguments and build its :class:`StageSpec`."""
+    if not isinstance(name, str) or not name:
+        raise PipelineValidationError(
+            f"stage name must be a non-empty string, got {name!r}",
+            fix_hint="name every stage, e.g. with_stage('fetch', fetch)",
+        )
+    if timeout is not None and not timeout > 0:
+        raise PipelineValidationError(
+            f"stage {name!r}: timeout must be a positive number of seconds, got {timeout!r}",
+            stages=(name,),
+            fix_hint="pass timeout=None for no limit",
+        )
+    deps: list[str] = []
+    for source in (dependencies, after):
+        if source is None:
+            continue
+        if isinstance(source, str):
+            raise PipelineValidationError(
+                f"stage {name!r}: dependencies must be a list of stage names, got the string "
+                f"{source!r}",
+                stages=(name,),
+                fix_hint=f"write dependencies=[{source!r}]",
+            )
+        for dep in source:
+            if dep not in deps:
+                deps.append(dep)
+    invoke, function_name, declared_kind = _resolve_runner(name, runner)
+    try:
+        resolved_kind = (
+            StageKind(kind) if kind is not None else (declared_kind or StageKind.TRANSFORM)
+        )
+    except ValueError:
+        raise PipelineValidationError(
+            f"stage {name!r}: unknown kind {kind!r}",
+            stages=(name,),
+            fix_hint=f"use one of {', '.join(k.value for k in StageKind)}",
+        ) from None
+    return StageSpec(
+        name=name,
+        runner=runner,
+        kind=resolved_kind,
+        dependencies=tuple(deps),
+        conditional=conditional,
+        timeout=timeout,
+        interceptors=tuple(interceptors),
+        function_name=function_name,
+        invoke=invoke,
+    )
+
+
+class _StageLog:
+    """Append-only storage shared by a line of pipelines built from one another."""
+
+    __slots__ = ("index", "specs")
+
+    def __init__(self, specs: list[StageSpec], index: dict[str, int]) -> None:
+        self.specs = specs
+        self.index = index
+
+
+class Pipeline:
+    """An immutable pipeline declaration; every ``with_stage`` returns a new ``Pipeline``.
+
+    ``with_stage`` costs O(1) amortised: pipelines built one from another share storage, so a
+    100,000-stage pipeline builds in linear time.
+
+    Example::
+
+        pipeline = (
+            Pipeline("checkout")
+            .with_stage("load", load_cart)
+            .with_stage("price", price_cart, dependencies=["load"])
+        )
+        results = await pipeline.run(data={"cart_id": "c-1"})
+    """
+
+    __slots__ = ("_graph_cache", "_log", "_size", "name")
+
+    def __init__(self, name: str = "pipeline", stages: Iterable[StageSpec] = ()) -> None:
+        if not isinstance(name, str) or not name:
+            raise PipelineValidationError(
+                f"pipeline name must be a non-empty string, got {name!r}",
+                fix_hint="Pipeline('checkout')",
+            )
+        self.name = name
+        log = _StageLog([], {})
+        for spec in stages:
+            _append(log, spec, name)
+        self._log = log
+        self._size = len(log.specs)
+        self._graph_cache: StageGraph | None = None
+
+    @classmethod
+    def _view(cls, name: str, log: _StageLog, size: int) -> Pipeline:
+        pipeline = cls.__new__(cls)
+        pipeline.name = name
+        pipeline._log = log
+        pipeline._size = size
+        pipeline._graph_cache = None
+        return pipeline
+
+    @property
+    def specs(self) -> tuple[StageSpec, ...]:
+        """The stage declarations, in declaration order."""
+        return tuple(self._log.specs[: self._size])
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __contains__(self, name: object) -> bool:
+        index = self._log.index.get(name)  # type: ignore[call-overload]
+        return index is not None and index < self._size
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, stages={self._size})"
+
+    def with_stage(
+        self,
+        name: str,
+        runner: StageRunner,
+        kind: StageKind | str | None = None,
+        dependencies: Iterable[str] | None = None,
+        *,
+        after: Iterable[str] | None = None,
+        conditional: bool = False,
+        timeout: float | None = None,
+        interceptors: Sequence[Interceptor] = (),
+    ) -> Pipeline:
+        """Return a new pipeline with one more stage.
+
+        Args:
+            name: Unique stage name.
+            runner: A ``Stage`` instance or class, an ``async def f(ctx)``, or a ``def f(ctx)``
+                (run in a worker thread). Returning ``None`` or a ``dict`` means OK.
+            kind: The stage kind; defaults to the runner's ``kind`` attribute, else transform.
+            dependencies: Stages that must be done first.
+            after: Alias of ``dependencies`` (both may be given).
+            conditional: Skip when a dependency's output has a truthy ``skip_reason``.
+            timeout: Seconds one attempt may take.
+            interceptors: Stage-level interceptors (inside the pipeline-level ones).
+
+        Raises:
+            PipelineValidationError: For a duplicate name or invalid arguments.
+        """
+        spec = make_spec(
+            name,
+            runner,
+            kind,
+            dependencies,
+            after=after,
+            conditional=conditional,
+            timeout=timeout,
+            interceptors=interceptors,
+        )
+        return self._with_spec(spec)
+
+    def _with_spec(self, spec: StageSpec) -> Pipeline:
+        log = self._log
+        if self._size != len(log.specs):
+            # Another pipeline already extended this one: branch off with a copy.
+            specs = log.specs[: self._size]
+            log = _StageLog(specs, {s.name: i for i, s in enumerate(specs)})
+        _append(log, spec, self.name)
+        return Pipeline._view(self.name, log, self._size + 1)
+
+    def compose(self, other: Pipeline) -> Pipeline:
+        """Merge another pipeline's stages into a new pipeline named like this one.
+
+        Stages with the same name must be the same declaration.
+
+        Raises:
+            PipelineValidationError: ``CONTRACT-004-CONFLICT`` for same-named, different stages.
+        """
+        result = self
+        for spec in other.specs:
+            index = result._log.index.get(spec.name)
+            if index is not None and index < result._size:
+                existing = result._log.specs[index]
+                if not existing.same_as(spec):
+                    raise PipelineValidationError(
+                        f"cannot compose {other.name!r} into {self.name!r}: both declare a "
+                        f"different stage {spec.name!r}",
+                        code="CONTRACT-004-CONFLICT",
+                        stages=(spec.name,),
+                        fix_hint="rename one of the stages or declare it identically in both",
+                    )
+                continue
+            result = result._with_spec(spec)
+        return result
+
+    def stage_names(self) -> list[str]:
+        """Stage names in a topological order (dependencies first, ties in declaration order).
+
+        Raises:
+            PipelineValidationError: If the pipeline is invalid.
+        """
+        return [s.name for s in _validate(self.name, self.specs)]
+
+    def to_dot(self) -> str:
+        """The DAG in Graphviz DOT."""
+        lines = [f"digraph {_dot_id(self.name)} {{", "  rankdir=LR;"]
+        lines.extend(
+            f"  {_dot_id(spec.name)} [label={_dot_id(f'{spec.name} ({spec.kind})')}];"
+            for spec in self.specs
+        )
+        lines.extend(
+            f"  {_dot_id(dep)} -> {_dot_id(spec.name)};"
+            for spec in self.specs
+            for dep in spec.dependencies
+        )
+        lines.append("}")
+        return "\n".join(lines)
+
+    def to_mermaid(self) -> str:
+        """The DAG as a Mermaid flowchart."""
+        ids = {spec.name: f"s{i}" for i, spec in enumerate(self.specs)}
+        lines = ["flowchart LR"]
+        for spec in self.specs:
+            label = f"{spec.name} ({spec.kind})".replace('"', "#quot;")
+            lines.append(f'  {ids[spec.name]}["{label}"]')
+        lines.extend(
+            f"  {ids[dep]} --> {ids[spec.name]}"
+            for spec in self.specs
+            for dep in spec.dependencies
+            if dep in ids
+        )
+        return "\n".join(lines)
+
+    def build(
+        self,
+        *,
+        interceptors: Sequence[Interceptor] = (),
+        hooks: Sequence[RunHook] | None = None,
+        event_sink: EventSink | None = None,
+        failure_mode: FailureMode = "fail_fast",
+        max_concurrency: int | None = None,
+        max_depth: int = 5,
+        emit_stage_wide_events: bool = False,
+        emit_pipeline_wide_event: bool = False,
+        cleanup_timeout: float = 10.0,
+    ) -> StageGraph:
+        """Validate the pipeline and compile it into a runnable :class:`StageGraph`.
+
+        Args:
+            interceptors: Pipeline-level interceptors, first = outermost. ``[]`` means none.
+            hooks: Run hooks (tracing, metrics, ...). ``None`` uses the installed extensions
+                (see ``stageflow_otel.core.extensions``); ``[]`` means none.
+            event_sink: Where lifecycle events go.
+            failure_mode: ``"fail_fast"`` or ``"continue"``.
+            max_concurrency: At most this many stages at once; ``None`` for no limit.
+            max_depth: How deep subpipelines may nest.
+            emit_stage_wide_events: Emit a ``stage.wide`` event per stage.
+            emit_pipeline_wide_event: Emit a ``pipeline.wide`` event per run.
+            cleanup_timeout: Seconds the run's cleanup callbacks may take in all.
+
+        Raises:
+            PipelineValidationError: Naming the problem and the fix.
+        """
+        from .executor import StageGraph
+
+        if failure_mode not in ("fail_fast", "continue"):
+            raise PipelineValidationError(
+                f"unknown failure_mode {failure_mode!r}",
+                fix_hint="use 'fail_fast' or 'continue'",
+            )
+        if max_concurrency is not None and max_concurrency < 1:
+            raise PipelineValidationError(
+                f"max_concurrency must be at least 1, got {max_concurrency}",
+                fix_hint="pass None for no limit",
+            )
+        if max_depth < 0:
+            raise PipelineValidationError(
+                f"max_depth must be >= 0, got {max_depth}", fix_hint="the default is 5"
+            )
+        ordered = _validate(self.name, self.specs)
+        return StageGraph(
+            self.name,
+            ordered,
+            interceptors=tuple(interceptors),
+            hooks=None if hooks is None else tuple(hooks),
+            event_sink=event_sink,
+            failure_mode=failure_mode,
+            max_concurrency=max_concurrency,
+            max_depth=max_depth,
+            emit_stage_wide_events=emit_stage_wide_events,
+            emit_pipeline_wide_event=emit_pipeline_wide_event,
+            cleanup_timeout=cleanup_timeout,
+        )
+
+    async def run(
+        self,
+        data: Mapping[str, Any] | None = None,
+        *,
+        identity: RunIdentity | None = None,
+        cancel_token: CancellationToken | None = None,
+        event_sink: EventSink | None = None,
+        hooks: Sequence[RunHook] | None = None,
+        traceparent: str | None = None,
+        interceptors: Sequence[Interceptor] = (),
+        failure_mode: FailureMode = "fail_fast",
+        max_concurrency: int | None = None,
+    ) -> PipelineResults:
+        """Build (validating) and run the pipeline once; see :meth:`StageGraph.run`.
+
+        Build once with :meth:`build` to run a pipeline many times.
+        """
+        if interceptors or failure_mode != "fail_fast" or max_concurrency is not None:
+            graph = self.build(
+                interceptors=interceptors,
+                failure_mode=failure_mode,
+                max_concurrency=max_concurrency,
+            )
+        else:
+            if self._graph_cache is None:
+                self._graph_cache = self.build()
+            graph = self._graph_cache
+        return await graph.run(
+            data,
+            identity=identity,
+            cancel_token=cancel_token,
+            event_sink=event_sink,
+            hooks=hooks,
+            traceparent=traceparent,
+        )
+
+
+def _append(log: _StageLog, spec: StageSpec, pipeline: str) -> None:
+    if spec.name in log.index:
+        raise PipelineValidationError(
+            f"pipeline {pipeline!r} already has a stage named {spec.name!r}",
+            code="CONTRACT-004-CONFLICT",
+            stages=(spec.name,),
+            fix_hint="give each stage a unique name",
+        )
+    log.index[spec.name] = len(log.specs)
+    log.specs.append(spec)
+
+
+def _validate(pipeline: str, specs: Sequence[StageSpec]) -> list[StageSpec]:
+    """Check a pipeline and return its stages in topological order (Kahn, iterative)."""
+    if not specs:
+        raise PipelineValidationError(
+            f"pipeline {pipeline!r} has no stages",
+            code="CONTRACT-004-EMPTY",
+            fix_hint="add at least one stage with with_stage(name, runner)",
+        )
+    index = {spec.name: i for i, spec in enumerate(specs)}
+    for spec in specs:
+        for dep in spec.dependencies:
+            if dep == spec.name:
+                raise PipelineValidationError(
+                    f"stage {spec.name!r} depends on itself",
+                    code="CONTRACT-004-SELF_DEP",
+                    stages=(spec.name,),
+                    fix_hint=f"remove {spec.name!r} from its own dependencies",
+                )
+            if dep not in index:
+                close = (
+                    difflib.get_close_matches(dep, index.keys(), n=1) if len(index) < 5000 else []
+                )
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise PipelineValidationError(
+                    f"stage {spec.name!r} depends on {dep!r}, which is not in pipeline "
+                    f"{pipeline!r} (stages: {format_names(index)})",
+                    code="CONTRACT-004-MISSING_DEP",
+                    stages=(spec.name, dep),
+                    fix_hint=f"{hint}add a stage named {dep!r} or remove it from the dependencies "
+                    f"of {spec.name!r}",
+                )
+    n = len(specs)
+    in_degree = [len(spec.dependencies) for spec in specs]
+    children: list[list[int]] = [[] for _ in range(n)]
+    for i, spec in enumerate(specs):
+        for dep in spec.dependencies:
+            children[index[dep]].append(i)
+    queue = deque(i for i in range(n) if in_degree[i] == 0)
+    order: list[StageSpec] = []
+    while queue:
+        i = queue.popleft()
+        order.append(specs[i])
+        for child in children[i]:
+            in_degree[child] -= 1
+            if in_degree[child] == 0:
+                queue.append(child)
+    if len(order) != n:
+        raise CycleDetectedError(pipeline, _find_cycle(specs, index, in_degree))
+    return order
+
+
+def _find_cycle(
+    specs: Sequence[StageSpec], index: dict[str, int], in_degree: list[int]
+) -> list[str]:
+    """One cycle among the stages Kahn's algorithm could not order (iterative walk)."""
+    # Every unordered stage has an unordered dependency; following those must loop.
+    start = next(i for i, d in enumerate(in_degree) if d > 0)
+    seen: dict[int, int] = {}
+    path: list[int] = []
+    node = start
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = next(index[d] for d in specs[node].dependencies if in_degree[index[d]] > 0)
+    cycle = path[seen[node] :]
+    # Walking dependencies goes against the arrows; reverse to read "a -> b" as "b depends on a".
+    names = [specs[i].name for i in reversed(cycle)]
+    return [*names, names[0]]
+
+
+def _dot_id(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class FunctionStage:
+    """A function wrapped as a :class:`~stageflow_otel.core.model.Stage` by :func:`stage_fn`."""
+
+    __slots__ = ("__wrapped__", "_invoke", "kind", "name")
+
+    def __init__(self, fn: Callable[..., Any], *, name: str, kind: StageKind) -> None:
+        self.__wrapped__ = fn
+        self.name = name
+        self.kind = kind
+        self._invoke: Invoke = (
+            fn if _is_async_callable(fn) else functools.partial(anyio.to_thread.run_sync, fn)
+        )
+
+    async def execute(self, ctx: StageContext) -> StageReturn:
+        """Run the wrapped function."""
+        return await self._invoke(ctx)
+
+    def __repr__(self) -> str:
+        return f"FunctionStage({self.name!r}, kind={self.kind.value!r})"
+
+
+@overload
+def stage_fn(fn: Callable[..., Any], /) -> FunctionStage: ...
+@overload
+def stage_fn(
+    *, name: str | None = None, kind: StageKind | str = StageKind.TRANSFORM
+) -> Callable[[Callable[..., Any]], FunctionStage]: ...
+def stage_fn(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    kind: StageKind | str = StageKind.TRANSFORM,
+) -> FunctionStage | Callable[[Callable[..., Any]], FunctionStage]:
+    """Turn a function into a named, kinded stage object.
+
+    Example::
+
+        @stage_fn(kind="enrich")
+        async def geocode(ctx): ...
+
+        pipeline = Pipeline("p").with_stage(geocode.name, geocode)
+    """
+
+    def decorate(f: Callable[..., Any]) -> FunctionStage:
+        return FunctionStage(f, name=name or f.__name__, kind=StageKind(kind))
+
+    return decorate(fn) if fn is not None else decorate
