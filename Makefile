@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck pytest components bench clean
+.PHONY: install demo test lint typecheck pytest components dashboards bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ typecheck: install
 components:
 	@if [ -x scripts/ensure-system-deps.sh ]; then scripts/ensure-system-deps.sh; fi
 	@if [ -x scripts/build-components.sh ]; then scripts/build-components.sh; fi
+	@if [ -x scripts/build-schemas.sh ]; then scripts/build-schemas.sh; fi
+
+dashboards: install
+	$(PY) scripts/gen-dashboards.py
 
 pytest: install
 	$(PY) -m pytest $(PYTEST_ARGS)

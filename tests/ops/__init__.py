@@ -1,0 +1,1 @@
+"""Checks of the ops bundle: collector, Prometheus, compose, dashboards."""
