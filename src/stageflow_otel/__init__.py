@@ -7,17 +7,20 @@ Prometheus metrics and structured logs, through ``stageflow_otel.observability``
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _version
-
+from ._version import package_version as _package_version
+from .core import BackpressureAwareEventSink as BackpressureAwareEventSink
+from .core import BackpressureStatistics as BackpressureStatistics
 from .core import BaseInterceptor as BaseInterceptor
 from .core import CancellationToken as CancellationToken
+from .core import CircuitBreakerInterceptor as CircuitBreakerInterceptor
 from .core import CollectingEventSink as CollectingEventSink
 from .core import ContextBag as ContextBag
 from .core import CycleDetectedError as CycleDetectedError
 from .core import DataConflictError as DataConflictError
 from .core import EventSink as EventSink
 from .core import FanOutEventSink as FanOutEventSink
+from .core import IdempotencyInterceptor as IdempotencyInterceptor
+from .core import InMemoryIdempotencyStore as InMemoryIdempotencyStore
 from .core import Interceptor as Interceptor
 from .core import InterceptorChain as InterceptorChain
 from .core import InterceptorError as InterceptorError
@@ -30,6 +33,8 @@ from .core import Pipeline as Pipeline
 from .core import PipelineCancelled as PipelineCancelled
 from .core import PipelineResults as PipelineResults
 from .core import PipelineValidationError as PipelineValidationError
+from .core import RedisIdempotencyStore as RedisIdempotencyStore
+from .core import RetryInterceptor as RetryInterceptor
 from .core import RunHook as RunHook
 from .core import RunIdentity as RunIdentity
 from .core import Stage as Stage
@@ -45,25 +50,47 @@ from .core import StageKind as StageKind
 from .core import StageOutput as StageOutput
 from .core import StageStatus as StageStatus
 from .core import StageTimeoutError as StageTimeoutError
+from .core import TimeoutInterceptor as TimeoutInterceptor
 from .core import UndeclaredDependencyError as UndeclaredDependencyError
 from .core import UnifiedPipelineCancelled as UnifiedPipelineCancelled
 from .core import UnifiedStageExecutionError as UnifiedStageExecutionError
 from .core import stage_fn as stage_fn
+from .tools import ApprovalService as ApprovalService
+from .tools import ToolApprovalDeniedError as ToolApprovalDeniedError
+from .tools import ToolApprovalTimeoutError as ToolApprovalTimeoutError
+from .tools import ToolCall as ToolCall
+from .tools import ToolDefinition as ToolDefinition
+from .tools import ToolDeniedError as ToolDeniedError
+from .tools import ToolError as ToolError
+from .tools import ToolExecutionError as ToolExecutionError
+from .tools import ToolExecutor as ToolExecutor
+from .tools import ToolInput as ToolInput
+from .tools import ToolInputValidationError as ToolInputValidationError
+from .tools import ToolNotFoundError as ToolNotFoundError
+from .tools import ToolOutput as ToolOutput
+from .tools import ToolRegistry as ToolRegistry
+from .tools import ToolUndoError as ToolUndoError
+from .tools import UndoMetadata as UndoMetadata
+from .tools import UndoStore as UndoStore
+from .tools import tool as tool
 
-try:
-    __version__ = _version("stageflow-otel")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without metadata
-    __version__ = "0.0.0"
+__version__ = _package_version()
 
 __all__ = (
+    "ApprovalService",
+    "BackpressureAwareEventSink",
+    "BackpressureStatistics",
     "BaseInterceptor",
     "CancellationToken",
+    "CircuitBreakerInterceptor",
     "CollectingEventSink",
     "ContextBag",
     "CycleDetectedError",
     "DataConflictError",
     "EventSink",
     "FanOutEventSink",
+    "IdempotencyInterceptor",
+    "InMemoryIdempotencyStore",
     "Interceptor",
     "InterceptorChain",
     "InterceptorError",
@@ -76,6 +103,8 @@ __all__ = (
     "PipelineCancelled",
     "PipelineResults",
     "PipelineValidationError",
+    "RedisIdempotencyStore",
+    "RetryInterceptor",
     "RunHook",
     "RunIdentity",
     "Stage",
@@ -91,9 +120,27 @@ __all__ = (
     "StageStatus",
     "StageTimeoutError",
     "StageflowError",
+    "TimeoutInterceptor",
+    "ToolApprovalDeniedError",
+    "ToolApprovalTimeoutError",
+    "ToolCall",
+    "ToolDefinition",
+    "ToolDeniedError",
+    "ToolError",
+    "ToolExecutionError",
+    "ToolExecutor",
+    "ToolInput",
+    "ToolInputValidationError",
+    "ToolNotFoundError",
+    "ToolOutput",
+    "ToolRegistry",
+    "ToolUndoError",
     "UndeclaredDependencyError",
+    "UndoMetadata",
+    "UndoStore",
     "UnifiedPipelineCancelled",
     "UnifiedStageExecutionError",
     "__version__",
     "stage_fn",
+    "tool",
 )

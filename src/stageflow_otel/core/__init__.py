@@ -6,10 +6,20 @@ the extension registry); nothing in this package imports a telemetry library.
 
 from __future__ import annotations
 
+from .backpressure import BackpressureAwareEventSink as BackpressureAwareEventSink
+from .backpressure import BackpressureStatistics as BackpressureStatistics
+from .backpressure import BatchExporter as BatchExporter
+from .backpressure import ExportListener as ExportListener
+from .backpressure import OverflowPolicy as OverflowPolicy
+from .backpressure import QueuedEvent as QueuedEvent
 from .cancellation import CancellationToken as CancellationToken
 from .cancellation import CleanupRegistry as CleanupRegistry
 from .cancellation import CleanupReport as CleanupReport
 from .cancellation import StructuredTaskGroup as StructuredTaskGroup
+from .circuit_breaker import CircuitBreakerInterceptor as CircuitBreakerInterceptor
+from .circuit_breaker import CircuitBreakerStatistics as CircuitBreakerStatistics
+from .circuit_breaker import CircuitOpenError as CircuitOpenError
+from .circuit_breaker import CircuitState as CircuitState
 from .context import ContextBag as ContextBag
 from .context import OutputBag as OutputBag
 from .context import RunIdentity as RunIdentity
@@ -45,6 +55,11 @@ from .executor import PipelineResults as PipelineResults
 from .executor import StageGraph as StageGraph
 from .extensions import ExtensionRegistry as ExtensionRegistry
 from .extensions import default_extensions as default_extensions
+from .idempotency import IdempotencyInterceptor as IdempotencyInterceptor
+from .idempotency import IdempotencyRecord as IdempotencyRecord
+from .idempotency import IdempotencyStore as IdempotencyStore
+from .idempotency import InMemoryIdempotencyStore as InMemoryIdempotencyStore
+from .idempotency import RedisIdempotencyStore as RedisIdempotencyStore
 from .interceptors import BaseInterceptor as BaseInterceptor
 from .interceptors import CallNext as CallNext
 from .interceptors import Interceptor as Interceptor
@@ -65,6 +80,8 @@ from .pipeline import FunctionStage as FunctionStage
 from .pipeline import Pipeline as Pipeline
 from .pipeline import StageSpec as StageSpec
 from .pipeline import stage_fn as stage_fn
+from .resilience import RetryInterceptor as RetryInterceptor
+from .resilience import TimeoutInterceptor as TimeoutInterceptor
 from .subpipeline import ChildRunStatistics as ChildRunStatistics
 from .subpipeline import ChildRunTracker as ChildRunTracker
 from .subpipeline import SubpipelineCall as SubpipelineCall
@@ -73,11 +90,18 @@ from .subpipeline import SubpipelineSpawner as SubpipelineSpawner
 from .wide_events import WideEventEmitter as WideEventEmitter
 
 __all__ = (
+    "BackpressureAwareEventSink",
+    "BackpressureStatistics",
     "BaseInterceptor",
+    "BatchExporter",
     "CallNext",
     "CancellationToken",
     "ChildRunStatistics",
     "ChildRunTracker",
+    "CircuitBreakerInterceptor",
+    "CircuitBreakerStatistics",
+    "CircuitOpenError",
+    "CircuitState",
     "CleanupRegistry",
     "CleanupReport",
     "CollectedEvent",
@@ -86,11 +110,16 @@ __all__ = (
     "CycleDetectedError",
     "DataConflictError",
     "EventSink",
+    "ExportListener",
     "ExtensionRegistry",
     "FailureMode",
     "FanOutEventSink",
     "FunctionStage",
+    "IdempotencyInterceptor",
     "IdempotencyParamMismatch",
+    "IdempotencyRecord",
+    "IdempotencyStore",
+    "InMemoryIdempotencyStore",
     "Interceptor",
     "InterceptorChain",
     "InterceptorError",
@@ -100,11 +129,15 @@ __all__ = (
     "NoOpStage",
     "OutputBag",
     "OutputConflictError",
+    "OverflowPolicy",
     "Pipeline",
     "PipelineCancelled",
     "PipelineResults",
     "PipelineValidationError",
+    "QueuedEvent",
     "RateLimitError",
+    "RedisIdempotencyStore",
+    "RetryInterceptor",
     "RunCall",
     "RunHook",
     "RunIdentity",
@@ -131,6 +164,7 @@ __all__ = (
     "SubpipelineCall",
     "SubpipelineResult",
     "SubpipelineSpawner",
+    "TimeoutInterceptor",
     "TransientError",
     "UndeclaredDependencyError",
     "UnifiedPipelineCancelled",

@@ -317,9 +317,14 @@ class RunState:
             if sink is not None and sink not in sinks:
                 sinks.append(sink)
         self.sinks: list[EventSink] = sinks
-        self.decorators = tuple(
-            h.decorate_event for h in chosen_hooks if type(h).overrides("decorate_event")
+        observing = [h for h in chosen_hooks if type(h).overrides("on_event")]
+        self.observers = tuple(h.on_event for h in observing)
+        observe_all = any(h.observed_events is None for h in observing)
+        self.observed_types: frozenset[str] = frozenset(
+            t for h in observing if h.observed_events is not None for t in h.observed_events
         )
+        # Lifecycle events are built only when someone receives them.
+        self.emitting = bool(sinks) or observe_all
         self._wrappers = tuple(
             h.around_interceptor for h in chosen_hooks if type(h).overrides("around_interceptor")
         )
@@ -351,18 +356,18 @@ class RunState:
     # -- events -----------------------------------------------------------------------------
 
     def emit(self, type: str, data: dict[str, Any]) -> None:
-        """Send one event to the run's sinks; a sink that raises is dropped for the run."""
-        sinks = self.sinks
-        if not sinks:
+        """Send one event to the run's observers and sinks; a sink that raises is dropped."""
+        if not self.emitting and type not in self.observed_types:
             return
         data["pipeline_run_id"] = self.run_id
         data["pipeline"] = self.name
         data["timestamp"] = iso_timestamp()
-        for decorate in self.decorators:
+        for observe in self.observers:
             try:
-                decorate(data)
+                observe(type, data)
             except Exception:
-                logger.exception("event decorator %r failed; event sent without it", decorate)
+                logger.exception("run hook %r failed on event %r", observe, type)
+        sinks = self.sinks
         for sink in tuple(sinks):
             try:
                 sink.try_emit(type=type, data=data)
@@ -407,7 +412,7 @@ class RunState:
         self._wall_start = _dt.datetime.now(_dt.UTC)
         for root in self.ready:
             self.ready_at[root] = start
-        if self.sinks:
+        if self.emitting:
             started: dict[str, Any] = {
                 "stage_count": len(self.specs),
                 "depth": self.depth,
@@ -467,7 +472,7 @@ class RunState:
             duration_ms=duration_ms,
         )
         failed_output = self.outputs.get(self.failed_stage) if self.failed_stage else None
-        if self.sinks:
+        if self.emitting:
             counts: dict[str, int] = {}
             for out in self.outputs.values():
                 counts[out.status.value] = counts.get(out.status.value, 0) + 1
@@ -533,7 +538,9 @@ class RunState:
         if self.active == 0:
             return
         try:
-            await idle
+            # Shielded: the caller's cancellation must not cancel ``idle`` itself, or the
+            # wait below would end before the stages have.
+            await asyncio.shield(idle)
         except BaseException:
             # Stop started stages; stages not started yet see the stop and return at once.
             self._stop(None, _CALLER_CANCELLED, "cancel", None)
@@ -559,11 +566,14 @@ class RunState:
             i = ready.popleft()
             self.active += 1
             if loop is not None:
-                loop.create_task(self._stage_task(i), context=context.copy())
+                loop.create_task(self._scoped_stage_task(i), context=context.copy())
             else:
                 context.run(self._task_group.start_soon, self._scoped_stage_task, i)
 
     async def _scoped_stage_task(self, i: int) -> None:
+        # Stages are stopped through anyio cancel scopes, which respect the shields that stage
+        # code (or a worker thread it waits for) relies on. Registered once running: a task
+        # cancelled before its first step would never run its ``finally``.
         with anyio.CancelScope() as scope:
             self._tasks[i] = scope
             await self._stage_task(i)
@@ -589,10 +599,6 @@ class RunState:
         try:
             if self.stop_reason is not None:
                 return
-            if self._loop is not None:
-                # Registered once running: a task cancelled before its first step would never
-                # run its ``finally`` and the run's accounting would stall.
-                self._tasks[i] = asyncio.current_task()
             now = _perf()
             ctx = StageContext(
                 self, spec.name, StageInputs(spec.name, spec.dependencies, self.outputs)
@@ -612,6 +618,8 @@ class RunState:
         finally:
             self.active -= 1
             self._tasks.pop(i, None)
+            if self.ready and self.stop_reason is None:
+                self._pump()
             idle = self._idle
             if self.active == 0 and not self.ready and idle is not None and not idle.done():
                 idle.set_result(None)
@@ -623,8 +631,7 @@ class RunState:
         """Inside every hook: events, skip decisions, the interceptor chain, the runner."""
         spec = call.spec
         name = spec.name
-        sinks = self.sinks
-        if sinks:
+        if self.emitting:
             self.emit(
                 "stage.started",
                 {
@@ -653,7 +660,7 @@ class RunState:
         except BaseException:
             output = self._cancelled_output()
             self.outputs[name] = output
-            if self.sinks:
+            if self.emitting:
                 self.emit(
                     "stage.cancelled",
                     {
@@ -668,7 +675,7 @@ class RunState:
         end = _perf()
         if output.duration_ms is None:
             output = output.with_duration((end - call.started_at) * 1000)
-        if self.sinks:
+        if self.emitting:
             self._emit_completion(call, output, end)
         return output
 
@@ -786,7 +793,7 @@ class RunState:
             return
         remaining = self.remaining
         ready = self.ready
-        now = 0.0
+        now = 0.0  # read the clock once, and only if a child becomes ready
         specs = self.specs
         for child in self.children[i]:
             if poison is not None:
@@ -797,8 +804,6 @@ class RunState:
                     now = _perf()
                 self.ready_at[child] = now
                 ready.append(child)
-        if ready:
-            self._pump()
 
 
 _CALLER_CANCELLED = "the caller was cancelled"

@@ -7,7 +7,8 @@ really encloses everything inside it (retries, timeouts, the stage itself).
 
 A :class:`RunHook` is for observers that need to enclose a whole run and each stage of it
 (tracing, metrics, logs): ``around_run`` wraps the run, ``around_stage`` wraps each stage outside
-all interceptors, and ``around_interceptor`` wraps each interceptor's own work. Hooks see every
+all interceptors, ``around_interceptor`` wraps each interceptor's own work, and ``on_event``
+sees every event. Hooks see every
 outcome, including cancellation, which they must let through.
 """
 
@@ -167,7 +168,13 @@ class RunHook:
 
     Hooks are for observing, not changing, a run: return what ``proceed`` returns and let every
     exception, cancellation included, propagate.
+
+    Attributes:
+        observed_events: The event types ``on_event`` needs even when the run has no event
+            sink (``None``: all of them). Events nobody receives are never built.
     """
+
+    observed_events: frozenset[str] | None = None
 
     async def around_run(
         self, run: RunCall, proceed: Callable[[], Awaitable[PipelineResults]]
@@ -191,8 +198,12 @@ class RunHook:
         """Wrap a child run spawned by a stage; ``proceed()`` runs it (with its own hooks)."""
         return await proceed()
 
-    def decorate_event(self, data: dict[str, Any]) -> None:
-        """Add fields (trace ids, ...) to every lifecycle event payload of the run."""
+    def on_event(self, type: str, data: dict[str, Any]) -> None:
+        """See every event of the run before its sinks do; may add fields (trace ids, ...).
+
+        Called in the context that emits the event (inside the stage for stage events), even
+        when the run has no event sink. Must be cheap and must not raise.
+        """
 
     @classmethod
     def overrides(cls, method: str) -> bool:

@@ -18,7 +18,7 @@ __all__ = ("WideEventEmitter", "error_type_of", "iso_timestamp")
 def iso_timestamp(when: _dt.datetime | None = None) -> str:
     """An RFC 3339 UTC timestamp with microseconds and a ``Z`` suffix."""
     moment = when if when is not None else _dt.datetime.now(_dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{moment.isoformat(timespec='microseconds')[:26]}Z"
 
 
 def error_type_of(output: StageOutput) -> str | None:

@@ -1,0 +1,31 @@
+"""The observability layer: spans, Prometheus metrics, structlog and OTel event export.
+
+Everything attaches to the engine through its own seams (run hooks, event sinks, the extension
+registry); the engine imports nothing from here.
+"""
+
+from __future__ import annotations
+
+from .hook import TelemetryHook as TelemetryHook
+from .instrumentation import StageflowInstrumentor as StageflowInstrumentor
+from .instrumentation import instrument as instrument
+from .instrumentation import uninstrument as uninstrument
+from .logging import add_stageflow_context as add_stageflow_context
+from .logging import configure_logging as configure_logging
+from .metrics import MetricsServer as MetricsServer
+from .metrics import StageflowMetrics as StageflowMetrics
+from .metrics import serve_metrics as serve_metrics
+from .telemetry import Telemetry as Telemetry
+
+__all__ = (
+    "MetricsServer",
+    "StageflowInstrumentor",
+    "StageflowMetrics",
+    "Telemetry",
+    "TelemetryHook",
+    "add_stageflow_context",
+    "configure_logging",
+    "instrument",
+    "serve_metrics",
+    "uninstrument",
+)

@@ -1,0 +1,53 @@
+"""Where the observability layer keeps the current run and stage (context variables)."""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Any
+
+from opentelemetry import trace
+
+
+class RunRecord:
+    """The telemetry state of one run, visible to all of its stages."""
+
+    __slots__ = (
+        "active_series",
+        "base_attributes",
+        "metric_pipeline",
+        "pipeline",
+        "queue_wait_series",
+        "run_id",
+        "span",
+        "stage_spans",
+    )
+
+    def __init__(self, span: trace.Span, pipeline: str, run_id: str, metric_pipeline: str) -> None:
+        self.span = span
+        self.pipeline = pipeline
+        self.run_id = run_id
+        self.metric_pipeline = metric_pipeline
+        self.stage_spans: dict[str, trace.SpanContext] = {}
+        self.base_attributes: dict[str, Any] = {}
+        self.active_series: Any = None
+        self.queue_wait_series: Any = None
+
+
+class StageRecord:
+    """The telemetry state of one stage execution."""
+
+    __slots__ = ("metric_stage", "name", "run", "span")
+
+    def __init__(self, span: trace.Span, name: str, run: RunRecord, metric_stage: str) -> None:
+        self.span = span
+        self.name = name
+        self.run = run
+        self.metric_stage = metric_stage
+
+
+current_run: contextvars.ContextVar[RunRecord | None] = contextvars.ContextVar(
+    "stageflow_otel_run", default=None
+)
+current_stage: contextvars.ContextVar[StageRecord | None] = contextvars.ContextVar(
+    "stageflow_otel_stage", default=None
+)

@@ -1,0 +1,504 @@
+"""The run hook that makes runs observable: spans, Prometheus metrics, canonical log lines.
+
+One hook does all three in one pass per stage, so an instrumented stage pays for one wrapper.
+Spans follow TELEMETRY.md: ``pipeline.run {pipeline}`` encloses ``stage.run {stage}`` spans,
+which enclose ``interceptor {name}`` spans (outer interceptor outermost); a subpipeline is a
+``subpipeline.run {pipeline}`` span under the spawning stage with the child's run inside.
+Status stays Unset on success, skip and cancel, and is Error (with the message) on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from stageflow_otel.core.errors import PipelineCancelled, StageExecutionError
+from stageflow_otel.core.interceptors import CallNext, Interceptor, RunCall, RunHook, StageCall
+from stageflow_otel.core.model import StageOutput, StageStatus
+from stageflow_otel.core.wide_events import error_type_of
+
+from . import attributes as attr
+from ._context import RunRecord, StageRecord, current_run, current_stage
+from .logging import emit_canonical_line
+from .metrics import StageflowMetrics
+
+__all__ = ("Redactor", "TelemetryHook")
+
+logger = logging.getLogger("stageflow_otel.observability")
+
+Redactor = Callable[[str, Any], Any]
+"""``redact(key, value) -> value`` runs before an opted-in payload value is recorded."""
+
+_PRIMITIVE = (str, bool, int, float)
+_propagator = TraceContextTextMapPropagator()
+_perf = time.perf_counter
+
+
+def _hex_ids(span_context: trace.SpanContext) -> tuple[str, str]:
+    return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
+
+
+def _safe_value(value: Any) -> Any:
+    if isinstance(value, _PRIMITIVE):
+        return value
+    try:
+        return json.dumps(value, default=str, sort_keys=True)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+class TelemetryHook(RunHook):
+    """Spans, metrics and canonical log lines for every run, stage, interceptor and subpipeline.
+
+    Usually made by :class:`~stageflow_otel.observability.Telemetry`; see it for the options.
+    """
+
+    # Without an event sink, only retries need an event (for the span event and the counter).
+    observed_events: frozenset[str] | None = frozenset({"stage.retrying"})
+
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        metrics: StageflowMetrics | None,
+        *,
+        interceptor_spans: bool = True,
+        canonical_logs: bool = True,
+        record_output_keys: Iterable[str] = (),
+        record_tool_payloads: bool = False,
+        redact: Redactor | None = None,
+    ) -> None:
+        self.tracer = tracer
+        self.metrics = metrics
+        self.interceptor_spans = interceptor_spans
+        self.canonical_logs = canonical_logs
+        self.record_output_keys = tuple(record_output_keys)
+        self.record_tool_payloads = record_tool_payloads
+        self.redact = redact
+        self._stage_series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+
+    # -- runs ------------------------------------------------------------------------------
+
+    async def around_run(self, run: RunCall, proceed: Callable[[], Awaitable[Any]]) -> Any:
+        """Wrap the run in a ``pipeline.run`` span; count and time it."""
+        parent = _propagator.extract({"traceparent": run.traceparent}) if run.traceparent else None
+        attributes: dict[str, Any] = {attr.PIPELINE_NAME: run.pipeline, attr.RUN_ID: run.run_id}
+        identity = run.identity
+        for field, key in attr.IDENTITY_ATTRIBUTES:
+            value = getattr(identity, field)
+            if value is not None:
+                attributes[key] = value
+        base = dict(attributes)
+        attributes[attr.RUN_STAGE_COUNT] = len(run.stage_names)
+        if run.parent_run_id is not None:
+            attributes[attr.PARENT_RUN_ID] = run.parent_run_id
+            attributes[attr.PARENT_STAGE_NAME] = run.parent_stage or ""
+            attributes[attr.CORRELATION_ID] = run.correlation_id or ""
+            attributes[attr.SUBPIPELINE_DEPTH] = run.depth
+        span = self.tracer.start_span(
+            f"pipeline.run {run.pipeline}",
+            context=parent,
+            kind=SpanKind.SERVER if run.entry_point else SpanKind.INTERNAL,
+            attributes=attributes,
+        )
+        metrics = self.metrics
+        metric_pipeline = metrics.pipeline_label(run.pipeline) if metrics else run.pipeline
+        record = RunRecord(span, run.pipeline, run.run_id, metric_pipeline)
+        record.base_attributes = base
+        token = otel_context.attach(trace.set_span_in_context(span))
+        run_token = current_run.set(record)
+        if metrics:
+            metrics.pipeline_active.labels(metric_pipeline).inc()
+            record.active_series = metrics.stages_active.labels(metric_pipeline)
+            record.queue_wait_series = metrics.stage_queue_wait.labels(metric_pipeline)
+        started = _perf()
+        status = "cancel"
+        failed_stage: str | None = None
+        error: str | None = None
+        error_type: str | None = None
+        try:
+            results = await proceed()
+            status = "ok"
+            return results
+        except StageExecutionError as exc:
+            status = "fail"
+            failed_stage = exc.stage
+            error = exc.message
+            failed = exc.results.get(exc.stage)
+            error_type = error_type_of(failed) if failed is not None else "_OTHER"
+            raise
+        except PipelineCancelled as exc:
+            error = exc.reason
+            raise
+        finally:
+            duration = _perf() - started
+            try:
+                span.set_attribute(attr.RUN_STATUS, status)
+                if failed_stage is not None:
+                    span.set_attribute(attr.RUN_FAILED_STAGE, failed_stage)
+                    span.set_attribute(attr.ERROR_TYPE, error_type or "_OTHER")
+                    span.set_status(Status(StatusCode.ERROR, error))
+                span.end()
+                if metrics:
+                    metrics.pipeline_active.labels(metric_pipeline).dec()
+                    metrics.pipeline_runs.labels(metric_pipeline, status).inc()
+                    metrics.pipeline_duration.labels(metric_pipeline, status).observe(duration)
+                if self.canonical_logs:
+                    trace_id, span_id = _hex_ids(span.get_span_context())
+                    emit_canonical_line(
+                        "pipeline.wide",
+                        {
+                            "pipeline": run.pipeline,
+                            "pipeline_run_id": run.run_id,
+                            "status": status,
+                            "duration_ms": round(duration * 1000, 3),
+                            "stage_count": len(run.stage_names),
+                            "stages_run": len(run.state.outputs),
+                            "failed_stage": failed_stage,
+                            "error": error,
+                            "error_type": error_type,
+                            "depth": run.depth,
+                            "trace_id": trace_id,
+                            "span_id": span_id,
+                        },
+                        error=status == "fail",
+                    )
+            except Exception:
+                logger.exception("recording telemetry for run %s failed", run.run_id)
+            finally:
+                current_run.reset(run_token)
+                otel_context.detach(token)
+
+    # -- stages ----------------------------------------------------------------------------
+
+    async def around_stage(self, call: StageCall, proceed: CallNext) -> StageOutput:
+        """Wrap the stage in a ``stage.run`` span linked to its upstream stage spans."""
+        run = current_run.get()
+        if run is None:  # a run not started through this hook (hooks changed mid-run)
+            return await proceed(call)
+        spec = call.spec
+        name = call.stage
+        attributes = dict(run.base_attributes)
+        attributes[attr.STAGE_NAME] = name
+        attributes[attr.STAGE_KIND] = call.kind.value
+        attributes[attr.STAGE_QUEUE_WAIT] = call.queue_wait_s
+        attributes[attr.CODE_FUNCTION] = spec.function_name
+        links: list[Link] | None = None
+        if spec.dependencies:
+            attributes[attr.STAGE_DEPENDENCIES] = list(spec.dependencies)
+            upstream = run.stage_spans
+            links = [
+                Link(upstream[dep], {attr.LINK_ROLE: "upstream"})
+                for dep in spec.dependencies
+                if dep in upstream
+            ]
+        span = self.tracer.start_span(f"stage.run {name}", attributes=attributes, links=links)
+        run.stage_spans[name] = span.get_span_context()
+        metrics = self.metrics
+        metric_stage = metrics.stage_label(run.pipeline, name) if metrics else name
+        token = otel_context.attach(trace.set_span_in_context(span))
+        stage_token = current_stage.set(StageRecord(span, name, run, metric_stage))
+        if metrics:
+            run.active_series.inc()
+            run.queue_wait_series.observe(call.queue_wait_s)
+        output: StageOutput | None = None
+        try:
+            output = await proceed(call)
+            return output
+        finally:
+            try:
+                self._finish_stage(call, span, run, metric_stage, output)
+            except Exception:
+                logger.exception("recording telemetry for stage %r failed", name)
+            finally:
+                current_stage.reset(stage_token)
+                otel_context.detach(token)
+
+    def _finish_stage(
+        self,
+        call: StageCall,
+        span: trace.Span,
+        run: RunRecord,
+        metric_stage: str,
+        output: StageOutput | None,
+    ) -> None:
+        duration = _perf() - call.started_at
+        error_type: str | None = None
+        end_attributes: dict[str, Any] = {}
+        if output is None:
+            # Cancelled: the exception is on its way up; the span ends here regardless.
+            status = StageStatus.CANCEL
+            end_attributes[attr.STAGE_CANCEL_REASON] = (
+                call.context.cancellation_reason or "cancelled"
+            )
+        else:
+            status = output.status
+            if status is StageStatus.FAIL:
+                error_type = error_type_of(output)
+                end_attributes[attr.ERROR_TYPE] = error_type or "_OTHER"
+                if output.exception is not None:
+                    span.record_exception(output.exception)
+                span.set_status(Status(StatusCode.ERROR, output.error))
+            elif status is StageStatus.SKIP:
+                end_attributes[attr.STAGE_SKIP_REASON] = str(output.data.get("reason", ""))
+            elif status is StageStatus.CANCEL:
+                end_attributes[attr.STAGE_CANCEL_REASON] = str(output.data.get("cancel_reason", ""))
+            else:
+                data = output.data
+                if data:
+                    end_attributes[attr.STAGE_OUTPUT_KEYS] = [str(k) for k in data]
+                    for key in self.record_output_keys:
+                        if key in data:
+                            value = data[key]
+                            if self.redact is not None:
+                                value = self.redact(key, value)
+                            end_attributes[attr.STAGE_OUTPUT_PREFIX + key] = _safe_value(value)
+        end_attributes[attr.STAGE_STATUS] = status.value
+        end_attributes[attr.STAGE_ATTEMPT] = call.attempt
+        span.set_attributes(end_attributes)
+        span_context = span.get_span_context()
+        span.end()
+        metrics = self.metrics
+        if metrics:
+            label_error = metrics.error_type_label(error_type)
+            series_key = (run.metric_pipeline, metric_stage, status.value, label_error)
+            series = self._stage_series.get(series_key)
+            if series is None:
+                series = (
+                    metrics.stage_runs.labels(*series_key),
+                    metrics.stage_duration.labels(*series_key[:3]),
+                )
+                self._stage_series[series_key] = series
+            series[0].inc()
+            if span_context.is_valid:
+                trace_id, span_id = _hex_ids(span_context)
+                series[1].observe(duration, {"trace_id": trace_id, "span_id": span_id})
+            else:
+                series[1].observe(duration)
+            run.active_series.dec()
+        if self.canonical_logs:
+            trace_id, span_id = _hex_ids(span_context)
+            emit_canonical_line(
+                "stage.wide",
+                {
+                    "pipeline": run.pipeline,
+                    "pipeline_run_id": run.run_id,
+                    "stage": call.stage,
+                    "kind": call.kind.value,
+                    "status": status.value,
+                    "attempt": call.attempt,
+                    "duration_ms": round(duration * 1000, 3),
+                    "queue_wait_ms": round(call.queue_wait_s * 1000, 3),
+                    "error": output.error if output is not None else None,
+                    "error_type": error_type,
+                    "data_keys": sorted(str(k) for k in output.data) if output is not None else [],
+                    "trace_id": trace_id,
+                    "span_id": span_id,
+                },
+                error=status is StageStatus.FAIL,
+            )
+
+    # -- interceptors ----------------------------------------------------------------------
+
+    async def around_interceptor(
+        self, interceptor: Interceptor, call: StageCall, proceed: CallNext
+    ) -> StageOutput:
+        """Wrap one interceptor in an ``interceptor {name}`` span and time it."""
+        name = interceptor.name
+        metrics = self.metrics
+        started = _perf()
+        attempt_before = call.attempt
+        span = None
+        token = None
+        if self.interceptor_spans:
+            run = current_run.get()
+            attributes = dict(run.base_attributes) if run is not None else {}
+            attributes[attr.INTERCEPTOR_NAME] = name
+            attributes[attr.STAGE_NAME] = call.stage
+            span = self.tracer.start_span(f"interceptor {name}", attributes=attributes)
+            token = otel_context.attach(trace.set_span_in_context(span))
+        output: StageOutput | None = None
+        try:
+            output = await proceed(call)
+            return output
+        finally:
+            try:
+                action = "proceed"
+                if output is None:
+                    action = "error"
+                else:
+                    meta = output.metadata
+                    if meta.get("interceptor") == name:
+                        action = "error"
+                    elif meta.get("short_circuited_by") == name:
+                        action = "short_circuit"
+                    elif call.attempt > attempt_before:
+                        action = "retry"
+                if metrics:
+                    metrics.interceptor_duration.labels(name).observe(_perf() - started)
+                    if action == "short_circuit":
+                        run = current_run.get()
+                        stage = metrics.stage_label(run.pipeline, call.stage) if run else call.stage
+                        metrics.interceptor_short_circuits.labels(name, stage).inc()
+                if span is not None:
+                    span.set_attribute(attr.INTERCEPTOR_ACTION, action)
+                    if (
+                        output is not None
+                        and output.status is StageStatus.FAIL
+                        and action in ("error", "short_circuit")
+                    ):
+                        span.set_attribute(attr.ERROR_TYPE, error_type_of(output) or "_OTHER")
+                        if action == "error":
+                            span.set_status(Status(StatusCode.ERROR, output.error))
+                    span.end()
+            except Exception:
+                logger.exception("recording telemetry for interceptor %r failed", name)
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
+
+    # -- subpipelines ----------------------------------------------------------------------
+
+    async def around_subpipeline(self, call: Any, proceed: Callable[[], Awaitable[Any]]) -> Any:
+        """Wrap a child run in a ``subpipeline.run`` span under the spawning stage."""
+        run = current_run.get()
+        attributes = dict(run.base_attributes) if run is not None else {}
+        attributes.update(
+            {
+                attr.PARENT_RUN_ID: call.parent_run_id,
+                attr.PARENT_STAGE_NAME: call.parent_stage,
+                attr.CORRELATION_ID: call.correlation_id,
+                attr.SUBPIPELINE_DEPTH: call.depth,
+                "stageflow.subpipeline.name": call.pipeline,
+                "stageflow.subpipeline.run.id": call.child_run_id,
+            }
+        )
+        span = self.tracer.start_span(f"subpipeline.run {call.pipeline}", attributes=attributes)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        status = "cancel"
+        try:
+            results = await proceed()
+            status = "ok"
+            return results
+        except StageExecutionError as exc:
+            status = "fail"
+            span.set_attribute(attr.ERROR_TYPE, "stageflow.subpipeline_failed")
+            span.set_status(Status(StatusCode.ERROR, exc.message))
+            raise
+        except PipelineCancelled:
+            raise
+        finally:
+            try:
+                span.set_attribute(attr.RUN_STATUS, status)
+                span.end()
+                if self.metrics:
+                    m = self.metrics
+                    m.subpipeline_runs.labels(
+                        m.pipeline_label(call.parent_pipeline),
+                        m.pipeline_label(call.pipeline),
+                        status,
+                    ).inc()
+            except Exception:
+                logger.exception("recording telemetry for subpipeline %r failed", call.pipeline)
+            finally:
+                otel_context.detach(token)
+
+    # -- tools -----------------------------------------------------------------------------
+
+    async def around_tool(self, call: Any, proceed: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Wrap a tool call in an ``execute_tool {tool}`` span (GenAI conventions)."""
+        tool = str(getattr(call, "tool_name", None) or getattr(call, "tool", "tool"))
+        run = current_run.get()
+        attributes = dict(run.base_attributes) if run is not None else {}
+        attributes[attr.GEN_AI_OPERATION] = "execute_tool"
+        attributes[attr.GEN_AI_TOOL_NAME] = tool
+        attributes[attr.GEN_AI_TOOL_TYPE] = "function"
+        call_id = getattr(call, "call_id", None)
+        if call_id:
+            attributes[attr.GEN_AI_TOOL_CALL_ID] = str(call_id)
+        stage = getattr(call, "stage", None)
+        if stage:
+            attributes[attr.STAGE_NAME] = str(stage)
+        if self.record_tool_payloads:
+            arguments = getattr(call, "arguments", None)
+            if arguments is not None:
+                if self.redact is not None:
+                    arguments = self.redact("gen_ai.tool.call.arguments", arguments)
+                attributes[attr.GEN_AI_TOOL_ARGUMENTS] = _safe_value(arguments)
+        span = self.tracer.start_span(f"execute_tool {tool}", attributes=attributes)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        started = _perf()
+        status = "cancel"
+        try:
+            result = await proceed(call)
+            ok = bool(getattr(result, "success", getattr(result, "ok", True)))
+            status = "ok" if ok else "fail"
+            if not ok:
+                error = getattr(result, "error", None)
+                span.set_attribute(
+                    attr.ERROR_TYPE, str(getattr(result, "error_code", None) or "_OTHER")
+                )
+                span.set_status(Status(StatusCode.ERROR, str(error) if error else None))
+            elif self.record_tool_payloads:
+                data = getattr(result, "data", None)
+                if data is not None:
+                    if self.redact is not None:
+                        data = self.redact("gen_ai.tool.call.result", data)
+                    span.set_attribute(attr.GEN_AI_TOOL_RESULT, _safe_value(data))
+            return result
+        except Exception as exc:
+            status = "fail"
+            code = getattr(exc, "code", None)
+            span.set_attribute(
+                attr.ERROR_TYPE,
+                f"{type(exc).__module__}.{type(exc).__qualname__}" if not code else str(code),
+            )
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            raise
+        finally:
+            try:
+                span.end()
+                if self.metrics:
+                    self.metrics.tool_calls.labels(tool, status).inc()
+                    self.metrics.tool_duration.labels(tool).observe(_perf() - started)
+            except Exception:
+                logger.exception("recording telemetry for tool %r failed", tool)
+            finally:
+                otel_context.detach(token)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def on_event(self, type: str, data: dict[str, Any]) -> None:
+        """Add trace ids to every event; turn ``stage.retrying`` into a span event and a count."""
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            data["trace_id"], data["span_id"] = _hex_ids(span_context)
+        if type == "stage.retrying":
+            stage = current_stage.get()
+            if stage is not None:
+                stage.span.add_event(
+                    attr.RETRY_EVENT,
+                    {
+                        attr.STAGE_ATTEMPT: int(data.get("attempt", 0)),
+                        attr.RETRY_DELAY: float(data.get("delay_s", 0.0)),
+                        attr.ERROR_TYPE: str(data.get("error_type") or "_OTHER"),
+                    },
+                )
+                if self.metrics:
+                    self.metrics.stage_retries.labels(
+                        stage.run.metric_pipeline, stage.metric_stage
+                    ).inc()
+
+
+def current_trace_ids() -> tuple[str, str] | None:
+    """``(trace_id, span_id)`` of the current span as hex, or ``None`` outside a span."""
+    span_context = trace.get_current_span().get_span_context()
+    return _hex_ids(span_context) if span_context.is_valid else None

@@ -1,0 +1,116 @@
+"""Auto-instrumentation: ``opentelemetry-instrument python app.py`` traces every pipeline.
+
+The package registers :class:`StageflowInstrumentor` under the ``opentelemetry_instrumentor``
+entry point as ``stageflow``. Instrumenting installs a :class:`Telemetry` into the engine's
+extension registry (``stageflow_otel.core.extensions.default_extensions``): every graph built
+without explicit ``hooks`` then uses it. Explicit ``hooks=`` always win. Nothing is patched.
+
+Honours ``OTEL_SDK_DISABLED=true`` and ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` (``stageflow``
+or ``*``), also for the :func:`instrument` one-liner.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Collection
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+    BaseInstrumentor,
+)
+
+from stageflow_otel.core.extensions import default_extensions
+
+from .config import Settings
+from .telemetry import Telemetry
+
+__all__ = ("EXTENSION_KEY", "StageflowInstrumentor", "instrument", "uninstrument")
+
+logger = logging.getLogger("stageflow_otel.instrumentation")
+
+EXTENSION_KEY = "stageflow_otel.instrumentation"
+ENTRY_POINT_NAME = "stageflow"
+
+
+def _disabled_by_environment() -> str | None:
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return "OTEL_SDK_DISABLED=true"
+    disabled = os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "")
+    names = {name.strip() for name in disabled.split(",") if name.strip()}
+    if ENTRY_POINT_NAME in names or "*" in names:
+        return f"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS={disabled}"
+    return None
+
+
+def _configured_logger_provider() -> Any:
+    """The global logger provider, when an SDK one has been configured."""
+    try:
+        from opentelemetry._logs import get_logger_provider
+        from opentelemetry.sdk._logs import LoggerProvider
+    except ImportError:  # pragma: no cover - the SDK is a dependency
+        return None
+    provider = get_logger_provider()
+    return provider if isinstance(provider, LoggerProvider) else None
+
+
+class StageflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """The OpenTelemetry instrumentor of stageflow-otel (a singleton, like every instrumentor).
+
+    ``instrument(**kwargs)`` accepts ``tracer_provider``, ``meter_provider``,
+    ``logger_provider``, ``registry`` and every other :class:`Telemetry` argument, plus
+    ``serve_metrics=True`` to serve ``/metrics`` (also ``STAGEFLOW_OTEL_SERVE_METRICS``).
+    """
+
+    _telemetry: Telemetry | None = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        """Nothing to check: the instrumented library is this package."""
+        return ()
+
+    @property
+    def telemetry(self) -> Telemetry | None:
+        """The installed telemetry, while instrumented."""
+        return self._telemetry
+
+    def _instrument(self, **kwargs: Any) -> None:
+        reason = _disabled_by_environment()
+        if reason is not None:
+            logger.info("stageflow instrumentation disabled by %s", reason)
+            return
+        serve = kwargs.pop("serve_metrics", None)
+        kwargs.pop("skip_dep_check", None)
+        if kwargs.get("logger_provider") is None:
+            kwargs["logger_provider"] = _configured_logger_provider()
+        telemetry = Telemetry(**kwargs)
+        default_extensions.install(
+            EXTENSION_KEY,
+            hooks=telemetry.hooks,
+            event_sinks=() if telemetry.event_sink is None else (telemetry.event_sink,),
+        )
+        if serve if serve is not None else Settings.from_env().serve_metrics:
+            server = telemetry.serve_metrics()
+            logger.info("stageflow metrics served on %s", server.url)
+        self._telemetry = telemetry
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        default_extensions.uninstall(EXTENSION_KEY)
+        telemetry, self._telemetry = self._telemetry, None
+        if telemetry is not None:
+            telemetry.shutdown(timeout=float(kwargs.get("timeout", 5.0)))
+
+
+def instrument(**kwargs: Any) -> Telemetry | None:
+    """Instrument every pipeline of the process; returns the installed :class:`Telemetry`.
+
+    Returns ``None`` when the environment disables it. Calling it again changes nothing
+    (uninstrument first to change the settings).
+    """
+    instrumentor = StageflowInstrumentor()
+    instrumentor.instrument(**kwargs)
+    return instrumentor.telemetry
+
+
+def uninstrument() -> None:
+    """Undo :func:`instrument`."""
+    StageflowInstrumentor().uninstrument()

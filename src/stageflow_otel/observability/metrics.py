@@ -1,0 +1,260 @@
+"""Prometheus metrics of TELEMETRY.md, in a ``CollectorRegistry`` of the caller's.
+
+Nothing here touches prometheus_client's global ``REGISTRY``. Label values are bounded:
+stage names beyond ``max_stage_names`` per pipeline collapse into ``_OTHER`` (with one
+warning), and ``error_type`` keeps only known types (see :data:`KNOWN_ERROR_TYPES`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Self
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import start_http_server
+
+from stageflow_otel._version import package_version
+
+__all__ = (
+    "DURATION_BUCKETS",
+    "KNOWN_ERROR_TYPES",
+    "MetricsServer",
+    "StageflowMetrics",
+    "serve_metrics",
+)
+
+logger = logging.getLogger("stageflow_otel.metrics")
+
+DURATION_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+)  # fmt: skip
+"""Buckets of every duration histogram, in seconds."""
+
+OTHER = "_OTHER"
+
+KNOWN_ERROR_TYPES: frozenset[str] = frozenset(
+    {
+        "stageflow.timeout",
+        "stageflow.short_circuit",
+        "stageflow.unhandled_retry",
+        OTHER,
+        *(
+            name
+            for name, value in vars(builtins).items()
+            if isinstance(value, type) and issubclass(value, BaseException)
+        ),
+    }
+)
+"""``error_type`` label values kept as they are: the ``stageflow.*`` types, builtin exception
+names, and any qualified name under ``stageflow_otel.``; every other value becomes ``_OTHER``
+unless listed in ``StageflowMetrics(extra_error_types=...)``."""
+
+
+def _bounded_error_type(value: str | None, extra: frozenset[str]) -> str:
+    if not value:
+        return ""
+    if value in KNOWN_ERROR_TYPES or value in extra or value.startswith("stageflow_otel."):
+        return value
+    return OTHER
+
+
+class StageflowMetrics:
+    """Every Prometheus metric of the telemetry contract, registered in ``registry``.
+
+    Args:
+        registry: Where the metrics live; a new private registry by default.
+        max_stage_names: Distinct stage names per pipeline before ``_OTHER``.
+        max_pipeline_names: Distinct pipeline names before ``_OTHER``.
+        extra_error_types: More ``error_type`` values to keep as labels.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        max_stage_names: int = 1000,
+        max_pipeline_names: int = 200,
+        extra_error_types: Iterable[str] = (),
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.max_stage_names = max_stage_names
+        self.max_pipeline_names = max_pipeline_names
+        self.extra_error_types = frozenset(extra_error_types)
+        self._lock = threading.Lock()
+        self._stage_names: dict[str, set[str]] = {}
+        self._pipeline_names: set[str] = set()
+        self._warned: set[str] = set()
+        reg = self.registry
+        b = DURATION_BUCKETS
+        self.pipeline_runs = Counter(
+            "stageflow_pipeline_runs", "Pipeline runs by final status.",
+            ("pipeline", "status"), registry=reg,
+        )  # fmt: skip
+        self.pipeline_duration = Histogram(
+            "stageflow_pipeline_run_duration_seconds", "Wall time of pipeline runs.",
+            ("pipeline", "status"), buckets=b, registry=reg,
+        )  # fmt: skip
+        self.pipeline_active = Gauge(
+            "stageflow_pipeline_runs_active", "Pipeline runs in progress.",
+            ("pipeline",), registry=reg,
+        )  # fmt: skip
+        self.stage_runs = Counter(
+            "stageflow_stage_runs", "Stage executions by status and error type.",
+            ("pipeline", "stage", "status", "error_type"), registry=reg,
+        )  # fmt: skip
+        self.stage_duration = Histogram(
+            "stageflow_stage_duration_seconds",
+            "Wall time of stage executions (all attempts); exemplars carry trace_id and span_id.",
+            ("pipeline", "stage", "status"), buckets=b, registry=reg,
+        )  # fmt: skip
+        self.stage_queue_wait = Histogram(
+            "stageflow_stage_queue_wait_seconds",
+            "Time between a stage's dependencies being done and the stage starting.",
+            ("pipeline",), buckets=b, registry=reg,
+        )  # fmt: skip
+        self.stages_active = Gauge(
+            "stageflow_stages_active", "Stage executions in progress.",
+            ("pipeline",), registry=reg,
+        )  # fmt: skip
+        self.stage_retries = Counter(
+            "stageflow_stage_retries", "Stage retries.",
+            ("pipeline", "stage"), registry=reg,
+        )  # fmt: skip
+        self.interceptor_duration = Histogram(
+            "stageflow_interceptor_duration_seconds",
+            "Wall time inside each interceptor (including what it wraps).",
+            ("interceptor",), buckets=b, registry=reg,
+        )  # fmt: skip
+        self.interceptor_short_circuits = Counter(
+            "stageflow_interceptor_short_circuits",
+            "Stage executions an interceptor answered without running the stage.",
+            ("interceptor", "stage"), registry=reg,
+        )  # fmt: skip
+        self.subpipeline_runs = Counter(
+            "stageflow_subpipeline_runs", "Subpipeline runs by final status.",
+            ("parent_pipeline", "pipeline", "status"), registry=reg,
+        )  # fmt: skip
+        self.tool_calls = Counter(
+            "stageflow_tool_calls", "Tool calls by status.", ("tool", "status"), registry=reg
+        )
+        self.tool_duration = Histogram(
+            "stageflow_tool_duration_seconds", "Wall time of tool calls.",
+            ("tool",), buckets=b, registry=reg,
+        )  # fmt: skip
+        self.sink_queue_size = Gauge(
+            "stageflow_sink_queue_size", "Events waiting in an event sink's queue.",
+            ("sink",), registry=reg,
+        )  # fmt: skip
+        self.sink_queue_capacity = Gauge(
+            "stageflow_sink_queue_capacity", "Capacity of an event sink's queue.",
+            ("sink",), registry=reg,
+        )  # fmt: skip
+        self.sink_events = Counter(
+            "stageflow_sink_events",
+            "Events handled by an event sink, by result (exported, dropped_queue_full, "
+            "dropped_shutdown, export_failed).",
+            ("sink", "result"), registry=reg,
+        )  # fmt: skip
+        self.sink_export_duration = Histogram(
+            "stageflow_sink_export_duration_seconds", "Wall time of one export of a batch.",
+            ("sink",), buckets=b, registry=reg,
+        )  # fmt: skip
+        self.build_info = Gauge(
+            "stageflow_build_info", "Always 1; the version label says which stageflow-otel.",
+            ("version",), registry=reg,
+        )  # fmt: skip
+        self.build_info.labels(version=package_version()).set(1)
+
+    # -- label guards --------------------------------------------------------------------------
+
+    def pipeline_label(self, pipeline: str) -> str:
+        """The label value for a pipeline name (bounded)."""
+        names = self._pipeline_names
+        if pipeline in names:
+            return pipeline
+        with self._lock:
+            if len(names) < self.max_pipeline_names:
+                names.add(pipeline)
+                return pipeline
+        self._warn_once(
+            "pipeline",
+            "more than %d distinct pipeline names; further ones are counted as _OTHER",
+            self.max_pipeline_names,
+        )
+        return OTHER
+
+    def stage_label(self, pipeline: str, stage: str) -> str:
+        """The label value for a stage name of a pipeline (bounded per pipeline)."""
+        names = self._stage_names.get(pipeline)
+        if names is not None and stage in names:
+            return stage
+        with self._lock:
+            names = self._stage_names.setdefault(pipeline, set())
+            if len(names) < self.max_stage_names:
+                names.add(stage)
+                return stage
+        self._warn_once(
+            f"stage:{pipeline}",
+            "pipeline %r has more than %d distinct stage names; further ones are counted as "
+            "_OTHER (raise max_stage_names if that is intended)",
+            pipeline,
+            self.max_stage_names,
+        )
+        return OTHER
+
+    def error_type_label(self, error_type: str | None) -> str:
+        """The bounded ``error_type`` label value (empty when there was no error)."""
+        return _bounded_error_type(error_type, self.extra_error_types)
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        logger.warning(message, *args)
+
+
+@dataclass
+class MetricsServer:
+    """A running ``/metrics`` endpoint; ``close()`` stops it."""
+
+    host: str
+    port: int
+    _server: Any
+    _thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        """The endpoint's URL."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        """Stop serving and wait for the server thread."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def serve_metrics(
+    port: int = 9464, addr: str = "127.0.0.1", *, registry: CollectorRegistry
+) -> MetricsServer:
+    """Serve ``registry`` on ``http://addr:port/metrics`` in a daemon thread.
+
+    Binds to 127.0.0.1 unless told otherwise; port 0 picks a free port. OpenMetrics (with
+    exemplars) is served to clients that ask for ``application/openmetrics-text``.
+    """
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+    bound_port = int(server.server_address[1])
+    return MetricsServer(addr, bound_port, server, thread)

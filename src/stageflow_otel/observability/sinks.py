@@ -1,0 +1,267 @@
+"""Event sinks that are OpenTelemetry exporters.
+
+:class:`OtelLogEventSink` turns each lifecycle event into an OpenTelemetry log record
+(``event_name`` = the event type, body = the payload, attributes flattened, trace context from
+the payload's ``trace_id``/``span_id``) and exports it through any ``LogRecordExporter`` (OTLP,
+console, in-memory), or emits it through a ``LoggerProvider``, behind the bounded, batching
+queue of :class:`~stageflow_otel.core.backpressure.BackpressureAwareEventSink`. The record is
+built on the export thread, so the pipeline pays only for an enqueue.
+
+:class:`SpanEventSink` adds each event to the span that is current where it is emitted (the
+stage span for stage events).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry._logs import LogRecord, SeverityNumber
+from opentelemetry.context import attach, detach, set_value
+from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from stageflow_otel._version import package_version
+from stageflow_otel.core.backpressure import BackpressureAwareEventSink, QueuedEvent
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import LogRecordExporter
+
+    from .metrics import StageflowMetrics
+
+__all__ = ("OtelLogEventSink", "SpanEventSink", "event_to_log_record", "flatten_attributes")
+
+logger = logging.getLogger("stageflow_otel.observability.sinks")
+
+_SCOPE = InstrumentationScope("stageflow_otel", package_version())
+_SUPPRESS_KEY = "suppress_instrumentation"  # opentelemetry.context._SUPPRESS_INSTRUMENTATION_KEY
+_ERROR_EVENTS = frozenset(
+    {"stage.failed", "pipeline.failed", "tool.failed", "pipeline.child_failed"}
+)
+_WARN_EVENTS = frozenset({"stage.cancelled", "pipeline.cancelled", "tool.denied"})
+_PRIMITIVE = (str, bool, int, float)
+
+
+def flatten_attributes(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten a payload into OpenTelemetry attributes.
+
+    Nested keys are dotted, string lists kept, everything else JSON-encoded; ``None`` is left
+    out.
+    """
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if value is None:
+            continue
+        if isinstance(value, _PRIMITIVE):
+            out[f"{prefix}{key}" if prefix else key] = value
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_attributes(value, f"{name}."))
+        elif isinstance(value, list | tuple):
+            if value and all(isinstance(v, str) for v in value):
+                out[name] = list(value)
+            elif value:
+                out[name] = json.dumps(value, default=str, sort_keys=True)
+        else:
+            out[name] = json.dumps(value, default=str, sort_keys=True)
+    return out
+
+
+def _json_safe(value: Any) -> Any:
+    if value is None or isinstance(value, _PRIMITIVE):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return str(value)
+
+
+def _body(data: Mapping[str, Any]) -> dict[str, Any]:
+    body = dict(data)
+    for key, value in body.items():
+        if value is not None and not isinstance(value, _PRIMITIVE):
+            body[key] = _json_safe(value)
+    return body
+
+
+def _timestamp_ns(data: Mapping[str, Any]) -> int:
+    raw = data.get("timestamp")
+    if isinstance(raw, str):
+        try:
+            moment = _dt.datetime.fromisoformat(raw)
+        except ValueError:
+            return time.time_ns()
+        return int(moment.timestamp() * 1_000_000_000)
+    return time.time_ns()
+
+
+def _context_of(data: Mapping[str, Any]) -> Any:
+    trace_id, span_id = data.get("trace_id"), data.get("span_id")
+    if not (isinstance(trace_id, str) and isinstance(span_id, str)):
+        return None
+    try:
+        span_context = SpanContext(
+            int(trace_id, 16), int(span_id, 16), is_remote=False, trace_flags=TraceFlags(1)
+        )
+    except ValueError:
+        return None
+    return trace.set_span_in_context(NonRecordingSpan(span_context))
+
+
+def event_to_log_record(type: str, data: Mapping[str, Any]) -> LogRecord:
+    """The OpenTelemetry log record of one event."""
+    if type in _ERROR_EVENTS:
+        severity, text = SeverityNumber.ERROR, "ERROR"
+    elif type in _WARN_EVENTS:
+        severity, text = SeverityNumber.WARN, "WARN"
+    else:
+        severity, text = SeverityNumber.INFO, "INFO"
+    attributes = flatten_attributes(data)
+    attributes.pop("trace_id", None)
+    attributes.pop("span_id", None)
+    return LogRecord(
+        timestamp=_timestamp_ns(data),
+        observed_timestamp=time.time_ns(),
+        context=_context_of(data),
+        severity_number=severity,
+        severity_text=text,
+        body=_body(data),
+        attributes=attributes,
+        event_name=type,
+    )
+
+
+class _LogRecordExport:
+    """Batch exporter: events → log records → a ``LogRecordExporter`` or a ``LoggerProvider``."""
+
+    def __init__(
+        self,
+        exporter: LogRecordExporter | None,
+        logger_provider: LoggerProvider | None,
+        resource: Resource | None,
+    ) -> None:
+        self.exporter = exporter
+        self.logger = (
+            logger_provider.get_logger("stageflow_otel", package_version())
+            if logger_provider is not None
+            else None
+        )
+        if resource is None:
+            resource = getattr(logger_provider, "resource", None) or Resource.create({})
+        self.resource = resource
+
+    def export(self, batch: Sequence[QueuedEvent], /) -> bool:
+        token = attach(set_value(_SUPPRESS_KEY, True))
+        try:
+            records = [event_to_log_record(event.type, event.data) for event in batch]
+            if self.logger is not None:
+                for record in records:
+                    self.logger.emit(record)
+            if self.exporter is not None:
+                readable = [
+                    ReadableLogRecord(
+                        log_record=record, resource=self.resource, instrumentation_scope=_SCOPE
+                    )
+                    for record in records
+                ]
+                result = self.exporter.export(readable)
+                return getattr(result, "name", "SUCCESS") == "SUCCESS"
+            return True
+        finally:
+            detach(token)
+
+    def shutdown(self) -> None:
+        if self.exporter is not None:
+            self.exporter.shutdown()  # type: ignore[no-untyped-call]
+
+
+class OtelLogEventSink(BackpressureAwareEventSink):
+    """Lifecycle events as OpenTelemetry log records, behind a backpressure queue.
+
+    Args:
+        exporter: A ``LogRecordExporter`` (``OTLPLogExporter``, ``ConsoleLogRecordExporter``,
+            ``InMemoryLogRecordExporter``, ...).
+        logger_provider: Alternatively (or also), a ``LoggerProvider`` to emit records into.
+        resource: The resource of exported records (default: the provider's, else empty).
+        metrics: Feed ``stageflow_sink_*`` metrics (label ``sink=name``).
+        name: The sink's name.
+        **options: Queue settings of ``BackpressureAwareEventSink`` (``max_queue_size``,
+            ``max_batch_size``, ``flush_interval``, ``policy``, ``export_timeout``, ...).
+    """
+
+    def __init__(
+        self,
+        exporter: LogRecordExporter | None = None,
+        *,
+        logger_provider: LoggerProvider | None = None,
+        resource: Resource | None = None,
+        metrics: StageflowMetrics | None = None,
+        name: str = "otel_logs",
+        **options: Any,
+    ) -> None:
+        if exporter is None and logger_provider is None:
+            raise ValueError("OtelLogEventSink needs an exporter or a logger_provider")
+        if metrics is not None:
+            events = metrics.sink_events
+            children = {
+                result: events.labels(name, result)
+                for result in (
+                    "exported",
+                    "dropped_queue_full",
+                    "dropped_shutdown",
+                    "export_failed",
+                )
+            }
+            duration = metrics.sink_export_duration.labels(name)
+
+            def listener(result: str, count: int) -> None:
+                child = children.get(result)
+                if child is not None:
+                    child.inc(count)
+
+            def on_export(duration_s: float, count: int, ok: bool) -> None:
+                duration.observe(duration_s)
+
+            options.setdefault("listener", listener)
+            options.setdefault("on_export", on_export)
+        super().__init__(
+            _LogRecordExport(exporter, logger_provider, resource), name=name, **options
+        )
+        if metrics is not None:
+            metrics.sink_queue_capacity.labels(name).set(self.statistics().capacity)
+            metrics.sink_queue_size.labels(name).set_function(
+                lambda: float(self.statistics().queue_size)
+            )
+
+
+class SpanEventSink:
+    """Adds each event to the span current where it is emitted, as a span event.
+
+    For stage events that is the stage span; the span event is named after the event type and
+    carries the flattened payload.
+    """
+
+    __slots__ = ()
+
+    async def emit(self, *, type: str, data: Mapping[str, Any]) -> None:
+        """Add the event to the current span."""
+        self.try_emit(type=type, data=data)
+
+    def try_emit(self, *, type: str, data: Mapping[str, Any]) -> None:
+        """Add the event to the current span (nothing when no span is recording)."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            attributes = flatten_attributes(data)
+            attributes.pop("trace_id", None)
+            attributes.pop("span_id", None)
+            span.add_event(type, attributes)

@@ -1,0 +1,306 @@
+"""Lifecycle events: trace context, OpenTelemetry log export, span events, failing exporters."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import pytest
+from opentelemetry._logs import SeverityNumber
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs.export import (
+    InMemoryLogRecordExporter,
+    LogRecordExporter,
+    LogRecordExportResult,
+    SimpleLogRecordProcessor,
+)
+
+from stageflow_otel import CollectingEventSink, Pipeline, StageGraph
+from stageflow_otel.observability.sinks import SpanEventSink
+from stageflow_otel.testing import InMemoryTelemetry, in_memory_telemetry
+from tests.support.servers import wait_until
+
+from .support import HANG, hex_ids, ok_stage, raising_stage, run_graph, series
+
+pytestmark = pytest.mark.anyio
+
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+SINK_RESULTS = ("exported", "dropped_queue_full", "dropped_shutdown", "export_failed")
+
+
+def checkout(telemetry: InMemoryTelemetry, **build: Any) -> StageGraph:
+    """``fetch`` then ``charge`` (which fails), observed by ``telemetry``."""
+    return (
+        Pipeline("checkout")
+        .with_stage("fetch", ok_stage)
+        .with_stage("charge", raising_stage, dependencies=["fetch"])
+        .build(hooks=telemetry.hooks, **build)
+    )
+
+
+def sink_counts(telemetry: InMemoryTelemetry) -> dict[str, float]:
+    found = series(telemetry.registry, "stageflow_sink_events_total")
+    return {result: found.get(f"result={result},sink=otel_logs", 0.0) for result in SINK_RESULTS}
+
+
+def ids_of(payload: Mapping[str, Any]) -> tuple[Any, Any]:
+    return payload.get("trace_id"), payload.get("span_id")
+
+
+async def test_lifecycle_events_carry_the_ids_of_their_span(
+    telemetry: InMemoryTelemetry, events: CollectingEventSink
+) -> None:
+    await run_graph(checkout(telemetry), event_sink=events)
+
+    assert events.types == [
+        "pipeline.started",
+        "stage.started",
+        "stage.completed",
+        "stage.started",
+        "stage.failed",
+        "pipeline.failed",
+    ]
+    run_ids = hex_ids(telemetry.span("pipeline.run checkout"))
+    for event in events.events:
+        data = event.data
+        expected = (
+            run_ids
+            if event.type.startswith("pipeline.")
+            else hex_ids(telemetry.span(f"stage.run {data['stage']}"))
+        )
+        assert ids_of(data) == expected, event.type
+        assert data["pipeline"] == "checkout"
+        assert RFC3339_UTC.match(str(data["timestamp"])), data["timestamp"]
+    run_id = telemetry.span("pipeline.run checkout").attributes["stageflow.run.id"]  # type: ignore[index]
+    assert {event.data["pipeline_run_id"] for event in events.events} == {run_id}
+
+
+async def test_events_carry_no_trace_ids_without_tracing(events: CollectingEventSink) -> None:
+    graph = Pipeline("p").with_stage("a", ok_stage).build(hooks=[])
+
+    await run_graph(graph, event_sink=events)
+
+    assert events.types == [
+        "pipeline.started",
+        "stage.started",
+        "stage.completed",
+        "pipeline.completed",
+    ]
+    assert [ids_of(event.data) for event in events.events] == [(None, None)] * 4
+
+
+def new_log_exporter() -> InMemoryLogRecordExporter:
+    return InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]  # untyped __init__
+
+
+@pytest.fixture
+def log_exporter() -> InMemoryLogRecordExporter:
+    return new_log_exporter()
+
+
+@pytest.fixture
+def exporting(log_exporter: InMemoryLogRecordExporter) -> Iterator[InMemoryTelemetry]:
+    recorded = in_memory_telemetry(event_exporter=log_exporter)
+    try:
+        yield recorded
+    finally:
+        recorded.shutdown()
+
+
+async def test_otel_log_event_sink_exports_each_event_as_a_log_record(
+    exporting: InMemoryTelemetry,
+    log_exporter: InMemoryLogRecordExporter,
+    events: CollectingEventSink,
+) -> None:
+    sink = exporting.telemetry.event_sink
+    graph = checkout(exporting, event_sink=sink)
+
+    await run_graph(graph, event_sink=events)
+    assert exporting.telemetry.force_flush(timeout=HANG)
+
+    records = [item.log_record for item in log_exporter.get_finished_logs()]
+    assert [record.event_name for record in records] == events.types
+    for record, event in zip(records, events.events, strict=True):
+        assert record.body == dict(event.data)
+        trace_id, span_id = ids_of(event.data)
+        assert (format(record.trace_id or 0, "032x"), format(record.span_id or 0, "016x")) == (
+            trace_id,
+            span_id,
+        )
+    failed = records[events.types.index("stage.failed")]
+    assert failed.severity_number is SeverityNumber.ERROR
+    assert dict(failed.attributes or {}) == {
+        "stage": "charge",
+        "status": "fail",
+        "duration_ms": failed.body["duration_ms"],  # type: ignore[index,call-overload]
+        "attempt": 1,
+        "error": "bad input",
+        "error_type": "ValueError",
+        "pipeline_run_id": failed.body["pipeline_run_id"],  # type: ignore[index,call-overload]
+        "pipeline": "checkout",
+        "timestamp": failed.body["timestamp"],  # type: ignore[index,call-overload]
+    }
+    finished = records[-1]
+    assert finished.event_name == "pipeline.failed"
+    flattened = dict(finished.attributes or {})
+    assert (flattened["stage_counts.ok"], flattened["stage_counts.fail"]) == (1, 1)
+    assert "stage_counts" not in flattened
+    assert "trace_id" not in flattened
+    assert "span_id" not in flattened
+    assert sink_counts(exporting) == {
+        "exported": len(records),
+        "dropped_queue_full": 0.0,
+        "dropped_shutdown": 0.0,
+        "export_failed": 0.0,
+    }
+
+
+async def test_log_records_go_through_a_logger_provider(events: CollectingEventSink) -> None:
+    exporter = new_log_exporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    recorded = in_memory_telemetry(logger_provider=provider)
+    try:
+        graph = (
+            Pipeline("p")
+            .with_stage("a", ok_stage)
+            .build(hooks=recorded.hooks, event_sink=recorded.telemetry.event_sink)
+        )
+
+        await run_graph(graph, event_sink=events)
+        assert recorded.telemetry.force_flush(timeout=HANG)
+
+        received = [item.log_record for item in exporter.get_finished_logs()]
+        assert [record.event_name for record in received] == events.types
+        stage = recorded.span("stage.run a")
+        assert stage.context is not None
+        assert received[1].span_id == stage.context.span_id
+    finally:
+        recorded.shutdown()
+        provider.shutdown()
+
+
+class RaisingExporter(LogRecordExporter):
+    """Every export raises."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        self.calls += 1
+        raise ConnectionRefusedError("collector is down")
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+class StalledExporter(LogRecordExporter):
+    """Every export blocks until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        self.calls += 1
+        self.release.wait(60)
+        return LogRecordExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+async def test_raising_exporter_never_fails_the_pipeline(events: CollectingEventSink) -> None:
+    exporter = RaisingExporter()
+    recorded = in_memory_telemetry(event_exporter=exporter, sink_options={"max_retries": 0})
+    try:
+        graph = (
+            Pipeline("p")
+            .with_stage("a", ok_stage)
+            .with_stage("b", ok_stage, dependencies=["a"])
+            .build(hooks=recorded.hooks, event_sink=recorded.telemetry.event_sink)
+        )
+
+        results = await run_graph(graph, event_sink=events)
+
+        assert {name: out.status.value for name, out in results.items()} == {"a": "ok", "b": "ok"}
+        recorded.telemetry.force_flush(timeout=HANG)
+        total = len(events.events)
+        wait_until(lambda: sum(sink_counts(recorded).values()) == total, HANG)
+        assert sink_counts(recorded) == {
+            "exported": 0.0,
+            "dropped_queue_full": 0.0,
+            "dropped_shutdown": 0.0,
+            "export_failed": total,
+        }
+        assert exporter.calls >= 1
+    finally:
+        recorded.shutdown()
+
+
+async def test_stalled_exporter_never_hangs_the_pipeline(events: CollectingEventSink) -> None:
+    exporter = StalledExporter()
+    recorded = in_memory_telemetry(
+        event_exporter=exporter,
+        sink_options={
+            "max_retries": 0,
+            "export_timeout": 0.05,
+            "max_queue_size": 4,
+            "max_batch_size": 2,
+        },
+    )
+    try:
+        graph = (
+            Pipeline("p")
+            .with_stage("a", ok_stage)
+            .with_stage("b", ok_stage, dependencies=["a"])
+            .with_stage("c", ok_stage, dependencies=["b"])
+            .build(hooks=recorded.hooks, event_sink=recorded.telemetry.event_sink)
+        )
+
+        results = await run_graph(graph, event_sink=events)  # fails the test if it hangs
+
+        assert [out.status.value for out in results.values()] == ["ok", "ok", "ok"]
+        assert not recorded.telemetry.shutdown(timeout=0.2)
+        counts = sink_counts(recorded)
+        assert counts["exported"] == 0
+        # Every event is accounted for, and the queue of 4 could not hold all 8.
+        assert sum(counts.values()) == len(events.events) == 8
+        assert counts["dropped_queue_full"] + counts["dropped_shutdown"] >= 4
+    finally:
+        exporter.release.set()
+        recorded.shutdown()
+
+
+async def test_span_event_sink_adds_events_to_the_current_span(
+    telemetry: InMemoryTelemetry,
+) -> None:
+    graph = checkout(telemetry, event_sink=SpanEventSink())
+
+    await run_graph(graph)
+
+    def names(span_name: str) -> list[str]:
+        return [event.name for event in telemetry.span(span_name).events]
+
+    assert names("stage.run fetch") == ["stage.started", "stage.completed"]
+    assert names("stage.run charge") == ["stage.started", "stage.failed", "exception"]
+    assert names("pipeline.run checkout") == ["pipeline.started", "pipeline.failed"]
+    completed = next(
+        e for e in telemetry.span("stage.run fetch").events if e.name == "stage.completed"
+    )
+    attributes = dict(completed.attributes or {})
+    assert (attributes["stage"], attributes["status"], attributes["data_keys"]) == (
+        "fetch",
+        "ok",
+        ("value",),
+    )
+    assert "trace_id" not in attributes
+    assert "span_id" not in attributes
