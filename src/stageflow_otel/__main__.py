@@ -1,7 +1,10 @@
-"""``python -m stageflow_otel``: the command line."""
+"""``python -m stageflow_otel``: the ``stageflow-otel`` command line."""
 
 from __future__ import annotations
 
+import sys
+
 from .cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -46,6 +46,14 @@ def _hex_ids(span_context: trace.SpanContext) -> tuple[str, str]:
     return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
 
 
+def _trace_fields(span_context: trace.SpanContext) -> dict[str, str]:
+    """``trace_id``/``span_id`` for a log line; nothing when tracing is off."""
+    if not span_context.is_valid:
+        return {}
+    trace_id, span_id = _hex_ids(span_context)
+    return {"trace_id": trace_id, "span_id": span_id}
+
+
 def _safe_value(value: Any) -> Any:
     if isinstance(value, _PRIMITIVE):
         return value
@@ -151,7 +159,6 @@ class TelemetryHook(RunHook):
                     metrics.pipeline_runs.labels(metric_pipeline, status).inc()
                     metrics.pipeline_duration.labels(metric_pipeline, status).observe(duration)
                 if self.canonical_logs:
-                    trace_id, span_id = _hex_ids(span.get_span_context())
                     emit_canonical_line(
                         "pipeline.wide",
                         {
@@ -165,8 +172,7 @@ class TelemetryHook(RunHook):
                             "error": error,
                             "error_type": error_type,
                             "depth": run.depth,
-                            "trace_id": trace_id,
-                            "span_id": span_id,
+                            **_trace_fields(span.get_span_context()),
                         },
                         error=status == "fail",
                     )
@@ -284,7 +290,6 @@ class TelemetryHook(RunHook):
                 series[1].observe(duration)
             run.active_series.dec()
         if self.canonical_logs:
-            trace_id, span_id = _hex_ids(span_context)
             emit_canonical_line(
                 "stage.wide",
                 {
@@ -299,8 +304,7 @@ class TelemetryHook(RunHook):
                     "error": output.error if output is not None else None,
                     "error_type": error_type,
                     "data_keys": sorted(str(k) for k in output.data) if output is not None else [],
-                    "trace_id": trace_id,
-                    "span_id": span_id,
+                    **_trace_fields(span_context),
                 },
                 error=status is StageStatus.FAIL,
             )

@@ -66,8 +66,20 @@ def emit_canonical_line(event: str, fields: Mapping[str, Any], *, error: bool = 
         logging.getLogger("stageflow_otel.observability").exception("writing %s failed", event)
 
 
+def _is_tty(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if callable(isatty) else False
+    except (OSError, ValueError):
+        return False
+
+
 def configure_logging(
-    *, json: bool = True, level: int = logging.INFO, stream: TextIO | None = None
+    *,
+    json: bool = True,
+    level: int = logging.INFO,
+    stream: TextIO | None = None,
+    colors: bool | None = None,
 ) -> None:
     """Configure structlog for an application.
 
@@ -79,7 +91,9 @@ def configure_logging(
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
-        else structlog.dev.ConsoleRenderer(colors=stream is None and sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(
+            colors=colors if colors is not None else _is_tty(stream or sys.stderr)
+        )
     )
     structlog.configure(
         processors=[

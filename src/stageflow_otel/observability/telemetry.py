@@ -51,7 +51,7 @@ class Telemetry:
             through this ``LogRecordExporter`` (OTLP, console, in-memory) behind a backpressure
             queue.
         record_output_keys: Output data keys whose values are recorded on stage spans
-            (``stageflow.stage.output.<key>``); nothing is recorded unless listed.
+            (``stageflow.stage.output.data.<key>``); nothing is recorded unless listed.
         record_tool_payloads: Record tool call arguments and results on tool spans.
         redact: ``redact(key, value)`` runs before any opted-in value is recorded.
         max_stage_names: Distinct stage names per pipeline kept as metric labels.

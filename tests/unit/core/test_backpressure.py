@@ -54,14 +54,15 @@ class RecordingExporter:
 
     @property
     def types(self) -> list[str]:
+        """Every exported event type, in export order."""
         with self._cond:
-            return [t for batch in self.batches for t in batch]
+            return self._types()
 
     def wait_for(self, count: int) -> bool:
         with self._cond:
-            return self._cond.wait_for(lambda: len(self.types_unlocked()) >= count, HANG)
+            return self._cond.wait_for(lambda: len(self._types()) >= count, HANG)
 
-    def types_unlocked(self) -> list[str]:
+    def _types(self) -> list[str]:
         return [t for batch in self.batches for t in batch]
 
 

@@ -563,6 +563,48 @@ async def test_fan_in_stage_links_every_upstream_stage_span(telemetry: InMemoryT
     assert telemetry.span("stage.run fetch").links == ()
 
 
+async def test_entry_point_run_is_a_server_span(telemetry: InMemoryTelemetry) -> None:
+    graph = Pipeline("p").with_stage("a", ok_stage).build(hooks=telemetry.hooks)
+
+    await run_graph(graph, entry_point=True)
+
+    assert telemetry.span("pipeline.run p").kind is SpanKind.SERVER
+    assert telemetry.span("stage.run a").kind is SpanKind.INTERNAL
+
+
+async def test_output_values_are_recorded_only_when_opted_in_and_redacted() -> None:
+    async def quote(ctx: StageContext) -> dict[str, Any]:
+        return {"total": 42, "card": "4111-1111-1111-1111", "items": ["a", "b"]}
+
+    seen: list[str] = []
+
+    def redact(key: str, value: Any) -> Any:
+        seen.append(key)
+        return "****" if key == "card" else value
+
+    default = in_memory_telemetry()
+    opted_in = in_memory_telemetry(record_output_keys=["total", "card"], redact=redact)
+    try:
+        for recorded in (default, opted_in):
+            graph = Pipeline("p").with_stage("quote", quote).build(hooks=recorded.hooks)
+            await run_graph(graph)
+
+        def outputs(recorded: InMemoryTelemetry) -> dict[str, Any]:
+            found = attributes(recorded.span("stage.run quote"))
+            return {k: v for k, v in found.items() if k.startswith("stageflow.stage.output.")}
+
+        assert outputs(default) == {"stageflow.stage.output.keys": ["total", "card", "items"]}
+        assert outputs(opted_in) == {
+            "stageflow.stage.output.keys": ["total", "card", "items"],
+            "stageflow.stage.output.data.total": 42,
+            "stageflow.stage.output.data.card": "****",
+        }
+        assert sorted(seen) == ["card", "total"]
+    finally:
+        default.shutdown()
+        opted_in.shutdown()
+
+
 async def test_identity_is_on_run_and_stage_spans(telemetry: InMemoryTelemetry) -> None:
     identity = RunIdentity(request_id="req-1", session_id="sess-1", user_id="u-1", org_id="org-1")
     expected = {
@@ -632,6 +674,7 @@ async def test_no_span_status_is_ever_ok(telemetry: InMemoryTelemetry) -> None:
     ):
         await run_graph(graph)
 
+    # checkout: 2 runs, 1 subpipeline, 6 stages, 4 interceptors; f and c: 1 run + 1 stage each.
     assert len(telemetry.spans()) == 17
     assert StatusCode.OK not in {status_code(span) for span in telemetry.spans()}
 

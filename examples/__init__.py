@@ -1,0 +1,1 @@
+"""Example pipelines of stageflow-otel (run them with ``stageflow-otel run``)."""
