@@ -393,7 +393,10 @@ class TelemetryHook(RunHook):
             return results
         except StageExecutionError as exc:
             status = "fail"
-            span.set_attribute(attr.ERROR_TYPE, "stageflow.subpipeline_failed")
+            failed = exc.results.get(exc.stage)
+            span.set_attribute(
+                attr.ERROR_TYPE, (error_type_of(failed) if failed is not None else None) or "_OTHER"
+            )
             span.set_status(Status(StatusCode.ERROR, exc.message))
             raise
         except PipelineCancelled:

@@ -68,16 +68,20 @@ class StageflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         """Nothing to check: the instrumented library is this package."""
         return ()
 
+    def instrument(self, **kwargs: Any) -> None:
+        """Instrument, unless the environment disables it (then nothing is marked done)."""
+        reason = _disabled_by_environment()
+        if reason is not None:
+            logger.info("stageflow instrumentation disabled by %s", reason)
+            return
+        super().instrument(**kwargs)
+
     @property
     def telemetry(self) -> Telemetry | None:
         """The installed telemetry, while instrumented."""
         return self._telemetry
 
     def _instrument(self, **kwargs: Any) -> None:
-        reason = _disabled_by_environment()
-        if reason is not None:
-            logger.info("stageflow instrumentation disabled by %s", reason)
-            return
         serve = kwargs.pop("serve_metrics", None)
         kwargs.pop("skip_dep_check", None)
         if kwargs.get("logger_provider") is None:

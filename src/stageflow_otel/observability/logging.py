@@ -34,8 +34,8 @@ def add_stageflow_context(
 ) -> MutableMapping[str, Any]:
     """Add ``trace_id``, ``span_id``, ``pipeline_run_id``, ``pipeline`` and ``stage``.
 
-    A structlog processor: inside a run it adds the ids; outside one it adds nothing. It never
-    raises.
+    A structlog processor: inside a run it adds the run's ids; wherever a span is current it
+    adds that span's ``trace_id``/``span_id``; elsewhere it adds nothing. It never raises.
     """
     try:
         stage = current_stage.get()
