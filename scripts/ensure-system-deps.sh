@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages the integration tests use, only when missing:
-#   prometheus (prometheus + promtool), redis-server, chromium.
+#   prometheus (prometheus + promtool), redis-server, chromium, graphviz (dot).
 # Idempotent: when every command is present it returns at once without apt.
 # Needs root (or sudo) on Debian 12; the packaged services are not used (tests
 # start their own instances on 127.0.0.1 with their own configuration).
@@ -14,10 +14,11 @@ declare -A PACKAGE_FOR=(
   [promtool]=prometheus
   [redis-server]=redis-server
   [chromium]=chromium
+  [dot]=graphviz
 )
 
 missing=()
-for cmd in prometheus promtool redis-server chromium; do
+for cmd in prometheus promtool redis-server chromium dot; do
   if ! command -v "$cmd" >/dev/null 2>&1; then
     pkg=${PACKAGE_FOR[$cmd]}
     [[ " ${missing[*]-} " == *" $pkg "* ]] || missing+=("$pkg")

@@ -269,17 +269,28 @@ class PrometheusServer:
         return data
 
 
-def prometheus_config(targets: Sequence[str], *, job: str, scrape_interval: str) -> str:
-    """A minimal scrape configuration (JSON is valid YAML)."""
+def prometheus_config(
+    targets: Sequence[str],
+    *,
+    job: str,
+    scrape_interval: str,
+    extra_jobs: Mapping[str, Sequence[str]] | None = None,
+) -> str:
+    """A minimal scrape configuration (JSON is valid YAML).
+
+    ``extra_jobs`` adds more scrape jobs (job name -> targets) with the same interval.
+    """
+    jobs = {job: targets, **(extra_jobs or {})}
     config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
         "scrape_configs": [
             {
-                "job_name": job,
+                "job_name": name,
                 "scrape_interval": scrape_interval,
                 "scrape_timeout": scrape_interval,
-                "static_configs": [{"targets": list(targets)}],
+                "static_configs": [{"targets": list(job_targets)}],
             }
+            for name, job_targets in jobs.items()
         ],
     }
     return json.dumps(config, indent=2) + "\n"
@@ -293,12 +304,18 @@ def start_prometheus(
     job: str = "stageflow",
     scrape_interval: str = "1s",
     binary: Path | None = None,
+    extra_jobs: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[PrometheusServer]:
-    """Prometheus scraping ``targets`` (``host:port``) every ``scrape_interval``."""
+    """Prometheus scraping ``targets`` (``host:port``) every ``scrape_interval``.
+
+    ``extra_jobs`` (job name -> targets) adds scrape jobs beside ``job``.
+    """
     binary = binary or require_binary("prometheus")
     directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / "prometheus.yml"
-    config_path.write_text(prometheus_config(targets, job=job, scrape_interval=scrape_interval))
+    config_path.write_text(
+        prometheus_config(targets, job=job, scrape_interval=scrape_interval, extra_jobs=extra_jobs)
+    )
     port = free_port()
     argv = [
         str(binary),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -261,14 +261,27 @@ class StageContext:
 
     def try_emit_event(self, type: str, data: Mapping[str, Any] | None = None) -> None:
         """Send an event to the run's sink, with ``stage`` and the run's ids added; never raises."""
-        payload = {"stage": self.stage_name}
-        if data:
-            payload.update(data)
+        payload = dict(data) if data else {}
+        payload["stage"] = self.stage_name
         self._run.emit(type, payload)
 
     def write(self, key: str, value: Any) -> None:
         """Write a key of the run-wide :attr:`bag` on behalf of this stage."""
         self._run.bag.write(key, value, self.stage_name)
+
+    def register_cleanup(
+        self,
+        callback: Callable[[], Awaitable[object]] | Callable[[], object],
+        *,
+        name: str | None = None,
+    ) -> None:
+        """Run ``callback`` (sync or async) when the run ends, however it ends.
+
+        Cleanups run last-in first-out, shielded from cancellation, under the graph's
+        ``cleanup_timeout``; one that fails is reported in a ``pipeline.cleanup_failed`` event
+        and the others still run.
+        """
+        self._run.cleanup.register(callback, name=name)
 
     def raise_if_cancelled(self) -> None:
         """Raise :class:`StageCancellationRequested` if the run is stopping."""

@@ -658,7 +658,7 @@ class RunState:
                         metadata={"error_type": "stageflow.unhandled_retry"},
                     )
         except BaseException:
-            output = self._cancelled_output()
+            output = self._cancelled_output().with_duration((_perf() - call.started_at) * 1000)
             self.outputs[name] = output
             if self.emitting:
                 self.emit(

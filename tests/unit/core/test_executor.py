@@ -1022,3 +1022,37 @@ async def test_a_broken_run_hook_fails_only_its_stage() -> None:
     assert info.value.stage == "b"
     assert info.value.results["a"].status is StageStatus.OK
     assert isinstance(info.value.__cause__, RuntimeError)
+
+
+async def test_stage_cleanups_run_after_the_run_even_when_it_fails() -> None:
+    log: list[str] = []
+
+    async def close_async() -> None:
+        log.append("async cleanup")
+
+    async def opener(ctx: StageContext) -> StageReturn:
+        ctx.register_cleanup(lambda: log.append("sync cleanup"), name="sync")
+        ctx.register_cleanup(close_async, name="async")
+        return None
+
+    async def boom(ctx: StageContext) -> StageReturn:
+        log.append("boom")
+        raise ValueError("boom")
+
+    graph = Pipeline("p").with_stage("a", opener).with_stage("b", boom, after=["a"]).build(hooks=[])
+    with pytest.raises(StageExecutionError):
+        await run(graph)
+    # Last in, first out, after the failing stage.
+    assert log == ["boom", "async cleanup", "sync cleanup"]
+
+
+async def test_a_stage_cannot_forge_the_stage_of_its_events() -> None:
+    sink = CollectingEventSink()
+
+    async def stage(ctx: StageContext) -> StageReturn:
+        ctx.try_emit_event("custom.event", {"stage": "someone-else", "k": 1})
+        return None
+
+    await run(Pipeline("p").with_stage("a", stage).build(hooks=[], event_sink=sink))
+    (payload,) = sink.of_type("custom.event")
+    assert (payload["stage"], payload["k"]) == ("a", 1)
