@@ -21,7 +21,14 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from stageflow_otel.core.errors import PipelineCancelled, StageExecutionError
-from stageflow_otel.core.interceptors import CallNext, Interceptor, RunCall, RunHook, StageCall
+from stageflow_otel.core.interceptors import (
+    CallNext,
+    Interceptor,
+    RunCall,
+    RunHook,
+    StageCall,
+    qualified_name,
+)
 from stageflow_otel.core.model import StageOutput, StageStatus
 from stageflow_otel.core.wide_events import error_type_of
 
@@ -449,8 +456,10 @@ class TelemetryHook(RunHook):
             status = "ok" if ok else "fail"
             if not ok:
                 error = getattr(result, "error", None)
+                exception = getattr(result, "exception", None)
                 span.set_attribute(
-                    attr.ERROR_TYPE, str(getattr(result, "error_code", None) or "_OTHER")
+                    attr.ERROR_TYPE,
+                    qualified_name(exception) if isinstance(exception, BaseException) else "_OTHER",
                 )
                 span.set_status(Status(StatusCode.ERROR, str(error) if error else None))
             elif self.record_tool_payloads:
@@ -462,11 +471,7 @@ class TelemetryHook(RunHook):
             return result
         except Exception as exc:
             status = "fail"
-            code = getattr(exc, "code", None)
-            span.set_attribute(
-                attr.ERROR_TYPE,
-                f"{type(exc).__module__}.{type(exc).__qualname__}" if not code else str(code),
-            )
+            span.set_attribute(attr.ERROR_TYPE, qualified_name(exc))
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, str(exc)))
             raise
