@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -15,10 +16,23 @@ if TYPE_CHECKING:
 __all__ = ("WideEventEmitter", "error_type_of", "iso_timestamp")
 
 
+# (second, formatted date and time of that second): one tuple, replaced whole, so threads
+# never see a second paired with another second's text.
+_second_cache: list[tuple[int, str]] = [(-1, "")]
+
+
 def iso_timestamp(when: _dt.datetime | None = None) -> str:
     """An RFC 3339 UTC timestamp with microseconds and a ``Z`` suffix."""
-    moment = when if when is not None else _dt.datetime.now(_dt.UTC)
-    return f"{moment.isoformat(timespec='microseconds')[:26]}Z"
+    if when is not None:
+        return f"{when.astimezone(_dt.UTC).isoformat(timespec='microseconds')[:26]}Z"
+    now = time.time()
+    second = int(now)
+    cached_second, prefix = _second_cache[0]
+    if cached_second != second:
+        # Formatting the date part once per second keeps event timestamps cheap.
+        prefix = _dt.datetime.fromtimestamp(second, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_cache[0] = (second, prefix)
+    return f"{prefix}.{int((now - second) * 1_000_000):06d}Z"
 
 
 def error_type_of(output: StageOutput) -> str | None:

@@ -36,13 +36,14 @@ class RunRecord:
 class StageRecord:
     """The telemetry state of one stage execution."""
 
-    __slots__ = ("metric_stage", "name", "run", "span")
+    __slots__ = ("hex_ids", "metric_stage", "name", "run", "span")
 
     def __init__(self, span: trace.Span, name: str, run: RunRecord, metric_stage: str) -> None:
         self.span = span
         self.name = name
         self.run = run
         self.metric_stage = metric_stage
+        self.hex_ids: tuple[str, str] | None = None
 
 
 current_run: contextvars.ContextVar[RunRecord | None] = contextvars.ContextVar(

@@ -217,7 +217,11 @@ class TelemetryHook(RunHook):
         metrics = self.metrics
         metric_stage = metrics.stage_label(run.pipeline, name) if metrics else name
         token = otel_context.attach(trace.set_span_in_context(span))
-        stage_token = current_stage.set(StageRecord(span, name, run, metric_stage))
+        record = StageRecord(span, name, run, metric_stage)
+        span_context = span.get_span_context()
+        if span_context.is_valid:
+            record.hex_ids = _hex_ids(span_context)
+        stage_token = current_stage.set(record)
         if metrics:
             run.active_series.inc()
             run.queue_wait_series.observe(call.queue_wait_s)
@@ -290,9 +294,10 @@ class TelemetryHook(RunHook):
                 )
                 self._stage_series[series_key] = series
             series[0].inc()
-            if span_context.is_valid:
-                trace_id, span_id = _hex_ids(span_context)
-                series[1].observe(duration, {"trace_id": trace_id, "span_id": span_id})
+            stage_record = current_stage.get()
+            ids = stage_record.hex_ids if stage_record is not None else None
+            if ids is not None:
+                series[1].observe(duration, {"trace_id": ids[0], "span_id": ids[1]})
             else:
                 series[1].observe(duration)
             run.active_series.dec()
@@ -490,9 +495,16 @@ class TelemetryHook(RunHook):
 
     def on_event(self, type: str, data: dict[str, Any]) -> None:
         """Add trace ids to every event; turn ``stage.retrying`` into a span event and a count."""
-        span_context = trace.get_current_span().get_span_context()
-        if span_context.is_valid:
-            data["trace_id"], data["span_id"] = _hex_ids(span_context)
+        span = trace.get_current_span()
+        stage_record = current_stage.get()
+        if stage_record is not None and span is stage_record.span:
+            ids = stage_record.hex_ids  # most stage events: formatted once per stage
+            if ids is not None:
+                data["trace_id"], data["span_id"] = ids
+        else:
+            span_context = span.get_span_context()
+            if span_context.is_valid:
+                data["trace_id"], data["span_id"] = _hex_ids(span_context)
         if type == "stage.retrying":
             stage = current_stage.get()
             if stage is not None:
@@ -508,9 +520,3 @@ class TelemetryHook(RunHook):
                     self.metrics.stage_retries.labels(
                         stage.run.metric_pipeline, stage.metric_stage
                     ).inc()
-
-
-def current_trace_ids() -> tuple[str, str] | None:
-    """``(trace_id, span_id)`` of the current span as hex, or ``None`` outside a span."""
-    span_context = trace.get_current_span().get_span_context()
-    return _hex_ids(span_context) if span_context.is_valid else None

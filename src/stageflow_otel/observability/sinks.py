@@ -118,6 +118,9 @@ def _context_of(data: Mapping[str, Any]) -> Any:
     return trace.set_span_in_context(NonRecordingSpan(span_context))
 
 
+_TRACE_KEYS = frozenset({"trace_id", "span_id"})
+
+
 def event_to_log_record(type: str, data: Mapping[str, Any]) -> LogRecord:
     """The OpenTelemetry log record of one event."""
     if type in _ERROR_EVENTS:
@@ -126,16 +129,30 @@ def event_to_log_record(type: str, data: Mapping[str, Any]) -> LogRecord:
         severity, text = SeverityNumber.WARN, "WARN"
     else:
         severity, text = SeverityNumber.INFO, "INFO"
-    attributes = flatten_attributes(data)
-    attributes.pop("trace_id", None)
-    attributes.pop("span_id", None)
+    # Lifecycle payloads are flat and primitive: one pass, no copies, unless they are not.
+    attributes: dict[str, Any] = {}
+    flat = True
+    for key, value in data.items():
+        if isinstance(value, _PRIMITIVE):
+            if key not in _TRACE_KEYS:
+                attributes[key] = value
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            if value:
+                attributes[key] = value
+        elif value is not None:
+            flat = False
+            break
+    if not flat:
+        attributes = flatten_attributes(data)
+        attributes.pop("trace_id", None)
+        attributes.pop("span_id", None)
     return LogRecord(
         timestamp=_timestamp_ns(data),
         observed_timestamp=time.time_ns(),
         context=_context_of(data),
         severity_number=severity,
         severity_text=text,
-        body=_body(data),
+        body=data if flat else _body(data),
         attributes=attributes,
         event_name=type,
     )
