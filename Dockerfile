@@ -18,4 +18,4 @@ ENV STAGEFLOW_OTEL_METRICS_ADDR=0.0.0.0
 EXPOSE 9464
 
 ENTRYPOINT ["stageflow-otel"]
-CMD ["demo", "--otlp-endpoint", "http://otel-collector:4317", "--hold"]
+CMD ["demo", "--otlp-endpoint", "http://otel-collector:4317", "--hold", "--interval", "5"]

@@ -299,7 +299,14 @@ def test_prometheus_service_enables_exemplar_storage(compose: dict[str, Any]) ->
 def test_demo_service_runs_the_cli_against_the_collector(compose: dict[str, Any]) -> None:
     demo = compose["services"]["demo"]
     assert demo["build"]["dockerfile"] == "Dockerfile"
-    assert demo["command"] == ["demo", "--otlp-endpoint", "http://otel-collector:4317", "--hold"]
+    assert demo["command"] == [
+        "demo",
+        "--otlp-endpoint",
+        "http://otel-collector:4317",
+        "--hold",
+        "--interval",
+        "5",
+    ]
     assert demo["environment"]["STAGEFLOW_OTEL_METRICS_ADDR"] == "0.0.0.0"
 
 
