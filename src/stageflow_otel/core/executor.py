@@ -30,7 +30,7 @@ from .errors import (
     StageReturnTypeError,
     StageTimeoutError,
 )
-from .events import EventSink
+from .events import EventSink, NoOpEventSink
 from .extensions import default_extensions
 from .interceptors import (
     CallNext,
@@ -314,7 +314,8 @@ class RunState:
         self.hooks: tuple[RunHook, ...] = chosen_hooks
         sinks: list[EventSink] = list(inherited_sinks)
         for sink in (graph.event_sink, event_sink, *extension_sinks):
-            if sink is not None and sink not in sinks:
+            # A NoOpEventSink receives nothing, so no event is built for it.
+            if sink is not None and type(sink) is not NoOpEventSink and sink not in sinks:
                 sinks.append(sink)
         self.sinks: list[EventSink] = sinks
         observing = [h for h in chosen_hooks if type(h).overrides("on_event")]
