@@ -49,6 +49,18 @@ def quantile(q: float, metric: str, by: str, *matchers: str) -> str:
     return f"histogram_quantile({q}, sum by (le, {by}) ({inner}))"
 
 
+def failure_ratio(metric: str, by: str, *matchers: str) -> str:
+    """Failed / all finished, per `by` (no grouping if empty): 0, not "no data", without failures.
+
+    The `status="fail"` series only exist once something failed; `or` falls back to the total
+    rate times zero, grouped by the same labels, so a healthy series with traffic shows 0.
+    """
+    grouping = f"sum by ({by}) " if by else "sum"
+    failed = f"{grouping}({rate(sel(metric, *matchers, FAILED))})"
+    total = f"{grouping}({rate(sel(metric, *matchers))})"
+    return f"({failed} or {total} * 0) / {total}"
+
+
 @dataclass
 class Target:
     expr: str
@@ -355,7 +367,6 @@ def pipelines_overview() -> Json:
     run_duration = "stageflow_pipeline_run_duration_seconds"
     base = (JOB, PIPELINE)
     all_runs = f"sum({rate(sel(runs, *base))})"
-    failed_runs = f"sum({rate(sel(runs, *base, FAILED))})"
     lay = Layout()
     lay.row("Now")
     lay.add(
@@ -373,7 +384,7 @@ def pipelines_overview() -> Json:
             "Failed runs",
             "Share of finished runs with status fail.",
             "percentunit",
-            Target(f"{failed_runs} / {all_runs}", "error ratio"),
+            Target(failure_ratio(runs, "", *base), "error ratio"),
             thresholds=[(None, "green"), (0.01, "orange"), (0.05, "red")],
         ),
         6,
@@ -425,13 +436,7 @@ def pipelines_overview() -> Json:
             "Error ratio by pipeline",
             "Failed runs divided by all finished runs, per pipeline.",
             "percentunit",
-            [
-                Target(
-                    f"sum by (pipeline) ({rate(sel(runs, *base, FAILED))})"
-                    f" / sum by (pipeline) ({rate(sel(runs, *base))})",
-                    "{{pipeline}}",
-                )
-            ],
+            [Target(failure_ratio(runs, "pipeline", *base), "{{pipeline}}")],
             max_value=1,
         ),
         12,
@@ -524,13 +529,7 @@ def stages() -> Json:
             "Stage error ratio",
             "Failed stage executions divided by all finished ones, per stage.",
             "percentunit",
-            [
-                Target(
-                    f"sum by (stage) ({rate(sel(runs, *base, FAILED))})"
-                    f" / sum by (stage) ({rate(sel(runs, *base))})",
-                    "{{stage}}",
-                )
-            ],
+            [Target(failure_ratio(runs, "stage", *base), "{{stage}}")],
             max_value=1,
         ),
         12,
@@ -824,13 +823,7 @@ def tools() -> Json:
             "Tool error ratio",
             "Failed tool calls divided by all tool calls, per tool.",
             "percentunit",
-            [
-                Target(
-                    f"sum by (tool) ({rate(sel(calls, JOB, TOOL, FAILED))})"
-                    f" / sum by (tool) ({rate(sel(calls, JOB, TOOL))})",
-                    "{{tool}}",
-                )
-            ],
+            [Target(failure_ratio(calls, "tool", JOB, TOOL), "{{tool}}")],
             max_value=1,
         ),
         12,
@@ -868,13 +861,7 @@ def tools() -> Json:
             "Subpipeline failure ratio",
             "Failed child runs divided by all child runs, per parent pipeline.",
             "percentunit",
-            [
-                Target(
-                    f"sum by (parent_pipeline) ({rate(sel(subs, JOB, PARENT, FAILED))})"
-                    f" / sum by (parent_pipeline) ({rate(sel(subs, JOB, PARENT))})",
-                    "{{parent_pipeline}}",
-                )
-            ],
+            [Target(failure_ratio(subs, "parent_pipeline", JOB, PARENT), "{{parent_pipeline}}")],
             max_value=1,
         ),
         12,

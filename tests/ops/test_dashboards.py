@@ -210,6 +210,48 @@ def test_metric_names_and_labels_are_in_the_contract(path: Path) -> None:
     assert failures == []
 
 
+def _selects_failures(node: Any) -> bool:
+    return any(
+        matcher.name == "status" and matcher.value == "fail"
+        for selector in vector_selectors(node)
+        for matcher in selector.matchers.matchers
+    )
+
+
+def _grouping(node: Any) -> tuple[str, ...] | None:
+    """The `by` labels of a sum, () for a plain sum, None for anything else."""
+    if not isinstance(node, promql_parser.AggregateExpr) or str(node.op) != "sum":
+        return None
+    return tuple(node.modifier.labels) if node.modifier is not None else ()
+
+
+@dashboard_paths
+def test_failure_ratios_are_zero_without_failures(path: Path) -> None:
+    """`failed / all` falls back to `all * 0`: the fail series only exist after a failure."""
+    failures: list[str] = []
+    for where, expr in iter_exprs(load_dashboard(path)):
+        for node in walk(parse_promql(expr)):
+            if not (isinstance(node, promql_parser.BinaryExpr) and str(node.op) == "/"):
+                continue
+            if not _selects_failures(node.lhs):
+                continue
+            lhs = node.lhs.expr if isinstance(node.lhs, promql_parser.ParenExpr) else node.lhs
+            fallback = getattr(lhs, "rhs", None)
+            if not (
+                isinstance(lhs, promql_parser.BinaryExpr)
+                and str(lhs.op) == "or"
+                and isinstance(fallback, promql_parser.BinaryExpr)
+                and str(fallback.op) == "*"
+                and isinstance(fallback.rhs, promql_parser.NumberLiteral)
+                and fallback.rhs.val == 0
+                and not _selects_failures(fallback)
+                and _grouping(lhs.lhs) is not None
+                and _grouping(lhs.lhs) == _grouping(fallback.lhs) == _grouping(node.rhs)
+            ):
+                failures.append(f"{where}: no `or <all> * 0` fallback with the same grouping")
+    assert failures == []
+
+
 def test_every_contract_metric_is_on_a_dashboard() -> None:
     series = contract_series()
     used = {

@@ -9,8 +9,9 @@ tree and its attributes, exemplars that lead to traces, and every query of every
 
 The demo never fails, so a second CLI process (``run``) holds a small pipeline that fails on
 purpose (:data:`FAILING_PIPELINE_SOURCE`, written to a temporary directory): its error spans are
-checked in Jaeger, and the failure-only dashboard queries (:data:`NO_DATA_BY_DESIGN`) are checked
-against its own scrape job.
+checked in Jaeger, the failure-only dashboard queries (:data:`NO_DATA_BY_DESIGN`) are checked
+against its own scrape job, and the failure ratios (:data:`FAILURE_RATIOS`) are checked to be
+exactly 0 from the demo and above 0 from the failing job.
 """
 
 from __future__ import annotations
@@ -565,33 +566,28 @@ class PanelQuery(NamedTuple):
 
 
 NO_DATA_BY_DESIGN: Mapping[PanelQuery, str] = {
-    # The demo never fails (its one flaky stage succeeds on retry), so every query that selects
-    # only failure series (`status="fail"`) or short-circuits has no series to return from it:
-    # prometheus-client creates a labelled series on first use, and no failure ever happens.
-    # Each of these returns data from the failing pipeline's scrape job instead (checked below).
-    PanelQuery("stageflow-pipelines.json", 3, "Failed runs", "A"): (
-        'stageflow_pipeline_runs_total{status="fail"}: no demo run fails'
-    ),
-    PanelQuery("stageflow-pipelines.json", 8, "Error ratio by pipeline", "A"): (
-        'stageflow_pipeline_runs_total{status="fail"}: no demo run fails'
-    ),
-    PanelQuery("stageflow-stages.json", 3, "Stage error ratio", "A"): (
-        'stageflow_stage_runs_total{status="fail"}: no demo stage fails'
-    ),
+    # "No data" is the honest answer from the healthy demo for these: there is nothing to list.
+    # The demo never fails (its one flaky stage succeeds on retry) and never short-circuits, and
+    # prometheus-client creates a labelled series on first use. Each of these returns data from
+    # the failing pipeline's scrape job instead (checked below).
     PanelQuery("stageflow-stages.json", 4, "Top failures by error type", "A"): (
-        'stageflow_stage_runs_total{status="fail"}: no demo stage fails'
+        'stageflow_stage_runs_total{status="fail"}: no demo stage fails, so no error type to rank'
     ),
     PanelQuery("stageflow-stages.json", 10, "Interceptor short-circuits / s", "A"): (
         "stageflow_interceptor_short_circuits_total: the demo has no circuit breaker or "
         "idempotency cache hit"
     ),
-    PanelQuery("stageflow-tools.json", 3, "Tool error ratio", "A"): (
-        'stageflow_tool_calls_total{status="fail"}: the demo\'s tool call always succeeds'
-    ),
-    PanelQuery("stageflow-tools.json", 7, "Subpipeline failure ratio", "A"): (
-        'stageflow_subpipeline_runs_total{status="fail"}: the demo\'s payment always succeeds'
-    ),
 }
+
+# Failure ratios fall back to `all * 0` when no `status="fail"` series exists: exactly 0 (not
+# "no data", not NaN) from the healthy demo, and above 0 from the failing pipeline's job.
+FAILURE_RATIOS: tuple[PanelQuery, ...] = (
+    PanelQuery("stageflow-pipelines.json", 3, "Failed runs", "A"),
+    PanelQuery("stageflow-pipelines.json", 8, "Error ratio by pipeline", "A"),
+    PanelQuery("stageflow-stages.json", 3, "Stage error ratio", "A"),
+    PanelQuery("stageflow-tools.json", 3, "Tool error ratio", "A"),
+    PanelQuery("stageflow-tools.json", 7, "Subpipeline failure ratio", "A"),
+)
 
 # Dashboard variables as a user would pick them. Every query uses them as regex matchers (`=~`).
 DEMO_VARIABLES = {
@@ -653,6 +649,16 @@ def _has_number(result: list[Json]) -> bool:
     return any(not math.isnan(float(series["value"][1])) for series in result)
 
 
+def _all_zero(result: list[Json]) -> bool:
+    """Non-empty, and every sample is exactly 0."""
+    return bool(result) and all(float(series["value"][1]) == 0.0 for series in result)
+
+
+def _some_positive(result: list[Json]) -> bool:
+    """Some sample is a number above 0."""
+    return any(float(series["value"][1]) > 0 for series in result)
+
+
 def _variable_checks(variables: Mapping[str, str], job_label: str) -> list[Check]:
     """The dashboards' ``label_values`` variables list the values substituted for them."""
     checks = []
@@ -694,10 +700,11 @@ def _poll(prometheus: PrometheusServer, checks: list[Check], timeout: float) -> 
 
 def test_no_data_allowlist_names_real_queries() -> None:
     queries = panel_queries()
-    stale = [key for key in NO_DATA_BY_DESIGN if key not in queries]
-    assert stale == [], "allowlisted queries that are not on a dashboard (renamed or moved?)"
+    stale = [key for key in [*NO_DATA_BY_DESIGN, *FAILURE_RATIOS] if key not in queries]
+    assert stale == [], "listed queries that are not on a dashboard (renamed or moved?)"
     for key in NO_DATA_BY_DESIGN:
         parse_promql(queries[key])  # syntactically valid PromQL
+    assert set(NO_DATA_BY_DESIGN).isdisjoint(FAILURE_RATIOS)
 
 
 def test_every_dashboard_query_returns_data(stack: Stack) -> None:
@@ -714,6 +721,17 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
             checks.append(Check(where, substitute(expr, FAILING_VARIABLES), _has_number))
         else:
             checks.append(Check(where, substitute(expr, DEMO_VARIABLES), _has_number))
+    for key in FAILURE_RATIOS:
+        where = f"{key.dashboard} panel {key.panel_id} {key.title!r} {key.ref_id}"
+        expr = queries[key]
+        checks.append(Check(f"{where} is 0", substitute(expr, DEMO_VARIABLES), _all_zero))
+        checks.append(
+            Check(
+                f"{where} ({FAILING_JOB}) is above 0",
+                substitute(expr, FAILING_VARIABLES),
+                _some_positive,
+            )
+        )
 
     started = time.monotonic()
     missing = _poll(prometheus, checks, DASHBOARD_TIMEOUT)
