@@ -61,15 +61,20 @@ def fan_out(n: int) -> Pipeline:
     return pipeline
 
 
-async def median_us_per_stage(run: Callable[[], Awaitable[object]], n: int) -> float:
-    samples = []
-    await run()
+async def interleaved_medians(
+    runs: dict[str, Callable[[], Awaitable[object]]], n: int
+) -> dict[str, float]:
+    """Median µs/stage of each scenario, sampled round-robin so machine noise hits all alike."""
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        await run()  # warm-up
     for _ in range(RUNS):
-        gc.collect()
-        start = time.perf_counter()
-        await run()
-        samples.append((time.perf_counter() - start) / n * 1e6)
-    return statistics.median(samples)
+        for name, run in runs.items():
+            gc.collect()
+            start = time.perf_counter()
+            await run()
+            samples[name].append((time.perf_counter() - start) / n * 1e6)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def floor_us(provider: TracerProvider) -> float:
@@ -117,29 +122,41 @@ async def main() -> None:
     logs_on = Telemetry(tracer_provider=provider, registry=CollectorRegistry(), canonical_logs=True)
     with_logs = pipeline.build(hooks=logs_on.hooks)
 
+    spans_metrics = Telemetry(
+        tracer_provider=provider, registry=CollectorRegistry(), canonical_logs=False
+    )
+    with_spans_metrics = pipeline.build(hooks=spans_metrics.hooks)
+
     floor = floor_us(provider)
-    t_bare = await median_us_per_stage(bare.run, STAGES)
-    t_full = await median_us_per_stage(instrumented.run, STAGES)
-    t_icpt = await median_us_per_stage(with_interceptor.run, STAGES)
-    t_icpt_nospan = await median_us_per_stage(with_interceptor_no_spans.run, STAGES)
-    t_bare_icpt = await median_us_per_stage(bare_interceptor.run, STAGES)
+    medians = await interleaved_medians(
+        {
+            "bare engine": bare.run,
+            "spans + metrics (no event sink)": with_spans_metrics.run,
+            "fully instrumented (spans, metrics, events -> OTel log sink)": instrumented.run,
+            "  + 1 interceptor with its span": with_interceptor.run,
+            "  + 1 interceptor, interceptor spans off (no event sink)": (
+                with_interceptor_no_spans.run
+            ),
+            "bare engine + 1 interceptor": bare_interceptor.run,
+        },
+        STAGES,
+    )
     import structlog
 
     structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
-    t_logs = await median_us_per_stage(with_logs.run, STAGES)
+    logs = await interleaved_medians({"with_logs": with_logs.run}, STAGES)
     telemetry.shutdown()
 
-    rows = [
-        ("floor (1 SDK span + 10 attrs + 1 histogram observe)", floor),
-        ("bare engine", t_bare),
-        ("fully instrumented (spans, metrics, events -> OTel log sink)", t_full),
-        ("  + 1 interceptor with its span", t_icpt),
-        ("  + 1 interceptor, interceptor spans off (no event sink)", t_icpt_nospan),
-        ("bare engine + 1 interceptor", t_bare_icpt),
-        ("spans + metrics + canonical structlog lines (ReturnLogger)", t_logs),
-    ]
+    rows = [("floor (1 SDK span + 10 attrs + 1 histogram observe)", floor), *medians.items()]
+    rows.append(("spans + metrics + canonical structlog lines (ReturnLogger)", logs["with_logs"]))
+    t_bare = medians["bare engine"]
+    t_full = medians["fully instrumented (spans, metrics, events -> OTel log sink)"]
+    t_icpt = medians["  + 1 interceptor with its span"]
     width = max(len(r[0]) for r in rows)
-    print(f"{'scenario':<{width}}  µs/stage  ({STAGES}-stage fan-out, median of {RUNS} runs)")
+    print(
+        f"{'scenario':<{width}}  µs/stage  ({STAGES}-stage fan-out, median of {RUNS} "
+        "interleaved runs)"
+    )
     for label, value in rows:
         print(f"{label:<{width}}  {value:8.2f}")
     target = t_bare + floor
