@@ -9,6 +9,7 @@ returns or raises while one of its stages is still running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import datetime as _dt
 import logging
@@ -47,7 +48,7 @@ from .wide_events import WideEventEmitter, error_type_of, iso_timestamp
 if TYPE_CHECKING:
     from .pipeline import FailureMode, StageSpec
 
-__all__ = ("PipelineResults", "RunState", "StageGraph")
+__all__ = ("PipelineResults", "StageGraph")
 
 logger = logging.getLogger("stageflow_otel.executor")
 
@@ -64,7 +65,6 @@ _COMPLETION_EVENT = {
     StageStatus.FAIL: "stage.failed",
     StageStatus.SKIP: "stage.skipped",
     StageStatus.CANCEL: "stage.cancelled",
-    StageStatus.RETRY: "stage.completed",
 }
 
 
@@ -437,7 +437,11 @@ class RunState:
             self.status = "cancel"
             self.stop_kind = self.stop_kind or "cancel"
             self.stop_reason = self.stop_reason or _CALLER_CANCELLED
-            with anyio.CancelScope(shield=True):
+            # The caller's cancellation is what propagates, not the run's own outcome.
+            with (
+                anyio.CancelScope(shield=True),
+                contextlib.suppress(PipelineCancelled, StageExecutionError),
+            ):
                 await self._finish_run()
             raise
         finally:

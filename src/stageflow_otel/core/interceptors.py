@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .errors import InterceptorError
+from .errors import InterceptorError, StageCancellationRequested
 from .model import StageKind, StageOutput
 
 if TYPE_CHECKING:
@@ -261,6 +261,8 @@ def _link(
     async def step(call: StageCall) -> StageOutput:
         try:
             return await work(call)
+        except StageCancellationRequested as exc:
+            return StageOutput.cancel(exc.reason)
         except Exception as exc:  # cancellation is a BaseException and passes through
             error = InterceptorError(
                 f"interceptor {name!r} raised {type(exc).__name__}: {exc}", interceptor_name=name

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .interceptors import qualified_name
 from .model import StageOutput, StageStatus
 
 if TYPE_CHECKING:
@@ -47,11 +48,7 @@ def error_type_of(output: StageOutput) -> str | None:
     if isinstance(declared, str):
         return declared
     exc = output.exception
-    if exc is not None:
-        cls = type(exc)
-        module = cls.__module__
-        return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-    return "_OTHER"
+    return qualified_name(exc) if exc is not None else "_OTHER"
 
 
 def _identity_fields(identity: RunIdentity) -> dict[str, Any]:

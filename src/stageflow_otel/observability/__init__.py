@@ -6,6 +6,7 @@ registry); the engine imports nothing from here.
 
 from __future__ import annotations
 
+from .hook import Redactor as Redactor
 from .hook import TelemetryHook as TelemetryHook
 from .instrumentation import StageflowInstrumentor as StageflowInstrumentor
 from .instrumentation import instrument as instrument
@@ -15,10 +16,15 @@ from .logging import configure_logging as configure_logging
 from .metrics import MetricsServer as MetricsServer
 from .metrics import StageflowMetrics as StageflowMetrics
 from .metrics import serve_metrics as serve_metrics
+from .sinks import OtelLogEventSink as OtelLogEventSink
+from .sinks import SpanEventSink as SpanEventSink
 from .telemetry import Telemetry as Telemetry
 
 __all__ = (
     "MetricsServer",
+    "OtelLogEventSink",
+    "Redactor",
+    "SpanEventSink",
     "StageflowInstrumentor",
     "StageflowMetrics",
     "Telemetry",

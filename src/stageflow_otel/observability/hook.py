@@ -20,7 +20,11 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from stageflow_otel.core.errors import PipelineCancelled, StageExecutionError
+from stageflow_otel.core.errors import (
+    PipelineCancelled,
+    StageCancellationRequested,
+    StageExecutionError,
+)
 from stageflow_otel.core.interceptors import (
     CallNext,
     Interceptor,
@@ -45,6 +49,7 @@ Redactor = Callable[[str, Any], Any]
 """``redact(key, value) -> value`` runs before an opted-in payload value is recorded."""
 
 _PRIMITIVE = (str, bool, int, float)
+_UNRECORDED: Any = object()
 _propagator = TraceContextTextMapPropagator()
 _perf = time.perf_counter
 
@@ -98,6 +103,16 @@ class TelemetryHook(RunHook):
         self.record_tool_payloads = record_tool_payloads
         self.redact = redact
         self._stage_series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+
+    def _redacted(self, key: str, value: Any) -> Any:
+        """``value`` as an attribute, after the redaction hook; never raises."""
+        try:
+            if self.redact is not None:
+                value = self.redact(key, value)
+            return _safe_value(value)
+        except Exception:
+            logger.exception("redacting %r failed; the value is not recorded", key)
+            return _UNRECORDED
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -215,7 +230,7 @@ class TelemetryHook(RunHook):
         span = self.tracer.start_span(f"stage.run {name}", attributes=attributes, links=links)
         run.stage_spans[name] = span.get_span_context()
         metrics = self.metrics
-        metric_stage = metrics.stage_label(run.pipeline, name) if metrics else name
+        metric_stage = metrics.stage_label(run.metric_pipeline, name) if metrics else name
         token = otel_context.attach(trace.set_span_in_context(span))
         record = StageRecord(span, name, run, metric_stage)
         span_context = span.get_span_context()
@@ -273,15 +288,16 @@ class TelemetryHook(RunHook):
                     end_attributes[attr.STAGE_OUTPUT_KEYS] = [str(k) for k in data]
                     for key in self.record_output_keys:
                         if key in data:
-                            value = data[key]
-                            if self.redact is not None:
-                                value = self.redact(key, value)
-                            end_attributes[attr.STAGE_OUTPUT_PREFIX + key] = _safe_value(value)
+                            value = self._redacted(key, data[key])
+                            if value is not _UNRECORDED:
+                                end_attributes[attr.STAGE_OUTPUT_PREFIX + key] = value
         end_attributes[attr.STAGE_STATUS] = status.value
         end_attributes[attr.STAGE_ATTEMPT] = call.attempt
-        span.set_attributes(end_attributes)
+        try:
+            span.set_attributes(end_attributes)
+        finally:
+            span.end()
         span_context = span.get_span_context()
-        span.end()
         metrics = self.metrics
         if metrics:
             label_error = metrics.error_type_label(error_type)
@@ -346,9 +362,9 @@ class TelemetryHook(RunHook):
             return output
         finally:
             try:
-                action = "proceed"
+                action: str | None = "proceed"
                 if output is None:
-                    action = "error"
+                    action = None  # cancelled: the stage span says so
                 else:
                     meta = output.metadata
                     if meta.get("interceptor") == name:
@@ -361,10 +377,15 @@ class TelemetryHook(RunHook):
                     metrics.interceptor_duration.labels(name).observe(_perf() - started)
                     if action == "short_circuit":
                         run = current_run.get()
-                        stage = metrics.stage_label(run.pipeline, call.stage) if run else call.stage
+                        stage = (
+                            metrics.stage_label(run.metric_pipeline, call.stage)
+                            if run
+                            else call.stage
+                        )
                         metrics.interceptor_short_circuits.labels(name, stage).inc()
                 if span is not None:
-                    span.set_attribute(attr.INTERCEPTOR_ACTION, action)
+                    if action is not None:
+                        span.set_attribute(attr.INTERCEPTOR_ACTION, action)
                     if (
                         output is not None
                         and output.status is StageStatus.FAIL
@@ -448,9 +469,9 @@ class TelemetryHook(RunHook):
         if self.record_tool_payloads:
             arguments = getattr(call, "arguments", None)
             if arguments is not None:
-                if self.redact is not None:
-                    arguments = self.redact("gen_ai.tool.call.arguments", arguments)
-                attributes[attr.GEN_AI_TOOL_ARGUMENTS] = _safe_value(arguments)
+                value = self._redacted(attr.GEN_AI_TOOL_ARGUMENTS, arguments)
+                if value is not _UNRECORDED:
+                    attributes[attr.GEN_AI_TOOL_ARGUMENTS] = value
         span = self.tracer.start_span(f"execute_tool {tool}", attributes=attributes)
         token = otel_context.attach(trace.set_span_in_context(span))
         started = _perf()
@@ -470,13 +491,18 @@ class TelemetryHook(RunHook):
             elif self.record_tool_payloads:
                 data = getattr(result, "data", None)
                 if data is not None:
-                    if self.redact is not None:
-                        data = self.redact("gen_ai.tool.call.result", data)
-                    span.set_attribute(attr.GEN_AI_TOOL_RESULT, _safe_value(data))
+                    value = self._redacted(attr.GEN_AI_TOOL_RESULT, data)
+                    if value is not _UNRECORDED:
+                        span.set_attribute(attr.GEN_AI_TOOL_RESULT, value)
             return result
+        except StageCancellationRequested:
+            raise  # a cancellation: status stays Unset, counted as cancel
         except Exception as exc:
             status = "fail"
-            span.set_attribute(attr.ERROR_TYPE, qualified_name(exc))
+            declared = getattr(exc, "error_type", None)
+            span.set_attribute(
+                attr.ERROR_TYPE, declared if isinstance(declared, str) else qualified_name(exc)
+            )
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, str(exc)))
             raise

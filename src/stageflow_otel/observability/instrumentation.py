@@ -22,7 +22,6 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 
 from stageflow_otel.core.extensions import default_extensions
 
-from .config import Settings
 from .telemetry import Telemetry
 
 __all__ = ("EXTENSION_KEY", "StageflowInstrumentor", "instrument", "uninstrument")
@@ -86,13 +85,18 @@ class StageflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         kwargs.pop("skip_dep_check", None)
         if kwargs.get("logger_provider") is None:
             kwargs["logger_provider"] = _configured_logger_provider()
-        telemetry = Telemetry(**kwargs)
+        try:
+            telemetry = Telemetry(**kwargs)
+        except ValueError as exc:
+            # A malformed STAGEFLOW_OTEL_* variable must not break the application's start-up.
+            logger.error("stageflow instrumentation not installed: %s", exc)
+            return
         default_extensions.install(
             EXTENSION_KEY,
             hooks=telemetry.hooks,
             event_sinks=() if telemetry.event_sink is None else (telemetry.event_sink,),
         )
-        if serve if serve is not None else Settings.from_env().serve_metrics:
+        if serve if serve is not None else telemetry.settings.serve_metrics:
             server = telemetry.serve_metrics()
             logger.info("stageflow metrics served on %s", server.url)
         self._telemetry = telemetry

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord, SeverityNumber
-from opentelemetry.context import attach, detach, set_value
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -42,7 +42,6 @@ __all__ = ("OtelLogEventSink", "SpanEventSink", "event_to_log_record", "flatten_
 logger = logging.getLogger("stageflow_otel.observability.sinks")
 
 _SCOPE = InstrumentationScope("stageflow_otel", package_version())
-_SUPPRESS_KEY = "suppress_instrumentation"  # opentelemetry.context._SUPPRESS_INSTRUMENTATION_KEY
 _ERROR_EVENTS = frozenset(
     {"stage.failed", "pipeline.failed", "tool.failed", "pipeline.child_failed"}
 )
@@ -178,7 +177,8 @@ class _LogRecordExport:
         self.resource = resource
 
     def export(self, batch: Sequence[QueuedEvent], /) -> bool:
-        token = attach(set_value(_SUPPRESS_KEY, True))
+        # Exporters' own HTTP/gRPC calls must not be traced (they would feed more exports).
+        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
             records = [event_to_log_record(event.type, event.data) for event in batch]
             if self.logger is not None:

@@ -293,6 +293,32 @@ class ToolExecutor:
             event, data = _outcome_event(exc)
             ctx.try_emit_event(event, {**base, **data, "duration_ms": _ms_since(started)})
             raise
+        except StageCancellationRequested:
+            ctx.try_emit_event(
+                "tool.failed",
+                {
+                    **base,
+                    "error": "cancelled",
+                    "error_code": StageCancellationRequested.code,
+                    "reason": "cancelled",
+                    "duration_ms": _ms_since(started),
+                },
+            )
+            raise
+        except Exception as exc:
+            # Not the handler (that becomes a ToolExecutionError): approval, validation or undo
+            # machinery failed. Report what really happened.
+            ctx.try_emit_event(
+                "tool.failed",
+                {
+                    **base,
+                    "error": str(exc) or type(exc).__name__,
+                    "error_code": "TOOL_INTERNAL_ERROR",
+                    "error_type": qualified_name(exc),
+                    "duration_ms": _ms_since(started),
+                },
+            )
+            raise
         except BaseException as exc:
             # Cancellation, or a handler's StageCancellationRequested: end the call's story.
             code = getattr(exc, "code", None)

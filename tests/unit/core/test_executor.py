@@ -1056,3 +1056,61 @@ async def test_a_stage_cannot_forge_the_stage_of_its_events() -> None:
     await run(Pipeline("p").with_stage("a", stage).build(hooks=[], event_sink=sink))
     (payload,) = sink.of_type("custom.event")
     assert (payload["stage"], payload["k"]) == ("a", 1)
+
+
+async def test_the_callers_cancellation_is_not_replaced_by_the_runs_outcome() -> None:
+    token = CancellationToken()
+    winding_down = anyio.Event()
+
+    async def slow_to_stop(ctx: StageContext) -> StageReturn:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                winding_down.set()
+                await anyio.sleep(0.05)
+        return None
+
+    async def canceller(ctx: StageContext) -> StageReturn:
+        await anyio.sleep(0.01)
+        token.cancel("stop")
+        return None
+
+    graph = (
+        Pipeline("p").with_stage("slow", slow_to_stop).with_stage("c", canceller).build(hooks=[])
+    )
+    escaped: list[str] = []
+    with anyio.fail_after(HANG):
+        with anyio.CancelScope() as outer:
+            async with anyio.create_task_group() as group:
+
+                async def run_it() -> None:
+                    try:
+                        await graph.run(cancel_token=token)
+                    except BaseException as exc:
+                        escaped.append(type(exc).__name__)
+                        raise
+
+                group.start_soon(run_it)
+                await winding_down.wait()
+                outer.cancel()  # the caller gives up while the run winds down
+    assert outer.cancelled_caught
+    assert escaped
+    assert "PipelineCancelled" not in escaped
+
+
+async def test_an_interceptor_can_cancel_the_run() -> None:
+    from stageflow_otel.core import BaseInterceptor, CallNext, StageCall
+
+    class Stop(BaseInterceptor):
+        name = "stop"
+
+        async def intercept(self, call: StageCall, call_next: CallNext) -> StageOutput:
+            call.context.raise_if_cancelled()
+            raise StageCancellationRequested("maintenance window")
+
+    graph = Pipeline("p").with_stage("a", noop).build(hooks=[], interceptors=[Stop()])
+    with pytest.raises(PipelineCancelled) as info:
+        await run(graph)
+    assert info.value.reason == "maintenance window"
+    assert info.value.results["a"].status is StageStatus.CANCEL

@@ -304,3 +304,35 @@ async def test_span_event_sink_adds_events_to_the_current_span(
     )
     assert "trace_id" not in attributes
     assert "span_id" not in attributes
+
+
+class SuppressionRecordingExporter(InMemoryLogRecordExporter):
+    """Notes whether instrumentation is suppressed while it exports."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # untyped __init__
+        self.suppressed: list[bool] = []
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> Any:
+        from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_value
+
+        self.suppressed.append(bool(get_value(_SUPPRESS_INSTRUMENTATION_KEY)))
+        return super().export(batch)
+
+
+async def test_exports_run_with_instrumentation_suppressed() -> None:
+    exporter = SuppressionRecordingExporter()
+    recorded = in_memory_telemetry(event_exporter=exporter)
+    try:
+        graph = (
+            Pipeline("p")
+            .with_stage("a", ok_stage)
+            .build(hooks=recorded.hooks, event_sink=recorded.telemetry.event_sink)
+        )
+        await run_graph(graph)
+        assert recorded.telemetry.force_flush(timeout=HANG)
+        # HTTP or gRPC calls made by an exporter must not be traced themselves.
+        assert exporter.suppressed
+        assert all(exporter.suppressed)
+    finally:
+        recorded.shutdown()

@@ -782,3 +782,25 @@ async def test_cancelled_run_leaves_no_span_open(telemetry: InMemoryTelemetry) -
         StatusCode.UNSET,
         "cancel",
     )
+
+
+async def test_a_failing_redactor_records_nothing_and_breaks_nothing() -> None:
+    def redact(key: str, value: Any) -> Any:
+        raise RuntimeError("redactor bug")
+
+    async def stage(ctx: Any) -> dict[str, Any]:
+        return {"secret": "s3cr3t", "other": 1}
+
+    recorded = in_memory_telemetry(record_output_keys=["secret"], redact=redact)
+    try:
+        results = await run_graph(Pipeline("p").with_stage("s", stage).build(hooks=recorded.hooks))
+        assert results["s"].data == {"secret": "s3cr3t", "other": 1}
+        assert recorded.open_spans() == []
+        found = attributes(recorded.span("stage.run s"))
+        assert "stageflow.stage.output.data.secret" not in found
+        assert found["stageflow.stage.status"] == "ok"
+        labels = {"pipeline": "p", "stage": "s", "status": "ok", "error_type": ""}
+        assert recorded.sample("stageflow_stage_runs_total", labels) == 1
+        assert recorded.sample("stageflow_stages_active", {"pipeline": "p"}) == 0
+    finally:
+        recorded.shutdown()

@@ -743,3 +743,32 @@ def test_executor_arguments_are_checked() -> None:
         ToolExecutor(ToolRegistry(), approval_timeout=-1)
     with pytest.raises(ValueError, match="undo_ttl"):
         ToolExecutor(ToolRegistry(), undo_ttl=0)
+
+
+async def test_a_failure_outside_the_handler_is_reported_as_what_it_is() -> None:
+    class BrokenUndoStore(UndoStore):
+        def store(self, metadata: UndoMetadata, *, ttl: float | None = None) -> None:
+            raise RuntimeError("undo storage is full")
+
+    registry = ToolRegistry()
+
+    async def undo(metadata: UndoMetadata) -> None:
+        return None
+
+    @registry.tool(undoable=True, undo_handler=undo)
+    async def note(input: ToolInput) -> dict[str, Any]:
+        """Write a note."""
+        return {"written": True}
+
+    executor = ToolExecutor(registry, undo_store=BrokenUndoStore())
+
+    async def body(ctx: StageContext) -> Mapping[str, Any]:
+        with pytest.raises(RuntimeError, match="undo storage is full"):
+            await executor.execute(ToolInput(tool_name="note", payload={}), ctx)
+        return {}
+
+    _, sink = await run_stage(body)
+    (failed,) = [data for kind, data in tool_events(sink) if kind == "tool.failed"]
+    assert failed["error"] == "undo storage is full"
+    assert failed["error_type"] == "RuntimeError"
+    assert failed["error_code"] == "TOOL_INTERNAL_ERROR"
