@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,26 +13,10 @@ from tests.cli.support import run_cli
 from tests.support.servers import (
     CollectorServer,
     JaegerServer,
-    start_collector,
-    start_jaeger,
     wait_until,
 )
 
 pytestmark = pytest.mark.components
-
-
-@pytest.fixture
-def jaeger(tmp_path: Path) -> Iterator[JaegerServer]:
-    with start_jaeger(tmp_path / "jaeger") as server:
-        yield server
-
-
-@pytest.fixture
-def collector(tmp_path: Path, jaeger: JaegerServer) -> Iterator[CollectorServer]:
-    with start_collector(
-        tmp_path / "otelcol", jaeger_otlp_grpc_endpoint=jaeger.otlp_grpc_endpoint
-    ) as server:
-        yield server
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +20,12 @@ from tests.support.servers import (
     CollectorServer,
     JaegerServer,
     get_json,
-    start_collector,
-    start_jaeger,
     start_prometheus,
     start_redis,
     wait_until,
 )
 
 pytestmark = pytest.mark.components
-
-
-@pytest.fixture
-def jaeger(tmp_path: Path) -> Iterator[JaegerServer]:
-    with start_jaeger(tmp_path / "jaeger") as server:
-        yield server
-
-
-@pytest.fixture
-def collector(tmp_path: Path, jaeger: JaegerServer) -> Iterator[CollectorServer]:
-    with start_collector(
-        tmp_path / "otelcol", jaeger_otlp_grpc_endpoint=jaeger.otlp_grpc_endpoint
-    ) as server:
-        yield server
 
 
 def _tags(span: dict[str, Any]) -> dict[str, Any]:
