@@ -21,7 +21,7 @@ from .model import StageOutput
 
 if TYPE_CHECKING:
     from .executor import RunState
-    from .pipeline import Pipeline
+    from .pipeline import Pipeline, StageSpec
     from .subpipeline import SubpipelineResult
 
 __all__ = (
@@ -208,21 +208,25 @@ class StageContext:
         attempt: Which attempt this is (1-based; retries increase it).
     """
 
-    __slots__ = ("_run", "attempt", "data", "identity", "inputs", "stage_name")
+    __slots__ = ("_inputs", "_run", "_spec", "attempt", "data", "identity", "stage_name")
 
-    def __init__(
-        self,
-        run: RunState,
-        stage_name: str,
-        inputs: StageInputs,
-        attempt: int = 1,
-    ) -> None:
+    def __init__(self, run: RunState, spec: StageSpec) -> None:
         self._run = run
-        self.stage_name = stage_name
-        self.inputs = inputs
+        self._spec = spec
+        self._inputs: StageInputs | None = None
+        self.stage_name = spec.name
         self.data: Mapping[str, Any] = run.data
         self.identity: RunIdentity = run.identity
-        self.attempt = attempt
+        self.attempt = 1
+
+    @property
+    def inputs(self) -> StageInputs:
+        """The outputs of this stage's declared dependencies."""
+        inputs = self._inputs
+        if inputs is None:
+            spec = self._spec
+            inputs = self._inputs = StageInputs(spec.name, spec.dependencies, self._run.outputs)
+        return inputs
 
     @property
     def pipeline_run_id(self) -> str:

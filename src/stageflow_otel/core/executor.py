@@ -23,7 +23,7 @@ import anyio
 import sniffio
 
 from .cancellation import CancellationToken, CleanupRegistry
-from .context import ContextBag, RunIdentity, StageContext, StageInputs
+from .context import ContextBag, RunIdentity, StageContext
 from .errors import (
     PipelineCancelled,
     StageCancellationRequested,
@@ -571,17 +571,9 @@ class RunState:
             i = ready.popleft()
             self.active += 1
             if loop is not None:
-                loop.create_task(self._scoped_stage_task(i), context=context.copy())
+                loop.create_task(self._stage_task(i), context=context.copy())
             else:
-                context.run(self._task_group.start_soon, self._scoped_stage_task, i)
-
-    async def _scoped_stage_task(self, i: int) -> None:
-        # Stages are stopped through anyio cancel scopes, which respect the shields that stage
-        # code (or a worker thread it waits for) relies on. Registered once running: a task
-        # cancelled before its first step would never run its ``finally``.
-        with anyio.CancelScope() as scope:
-            self._tasks[i] = scope
-            await self._stage_task(i)
+                context.run(self._task_group.start_soon, self._stage_task, i)
 
     def _stop(self, stage: str | None, reason: str, kind: str, current: int | None) -> None:
         if self.stop_reason is not None:
@@ -604,22 +596,25 @@ class RunState:
         try:
             if self.stop_reason is not None:
                 return
-            now = _perf()
-            ctx = StageContext(
-                self, spec.name, StageInputs(spec.name, spec.dependencies, self.outputs)
-            )
-            call = StageCall(spec, ctx, self.name, now - self.ready_at[i], now)
-            try:
-                output = await self._stage_entry(call)
-            except Exception as exc:
-                # Only a broken hook gets here: stages and interceptors are caught further in.
-                logger.exception("a run hook failed on stage %r", spec.name)
-                output = StageOutput.fail(exc, metadata={"error_type": qualified_name(exc)})
-            except BaseException:
-                if spec.name not in self.outputs:
-                    self.outputs[spec.name] = self._cancelled_output()
-                raise
-            self._complete(i, output, ctx.attempt)
+            # Stages are stopped through anyio cancel scopes, which respect the shields that
+            # stage code (or a worker thread it waits for) relies on. Registered once running:
+            # a task cancelled before its first step would never run its ``finally``.
+            with anyio.CancelScope() as scope:
+                self._tasks[i] = scope
+                now = _perf()
+                ctx = StageContext(self, spec)
+                call = StageCall(spec, ctx, self.name, now - self.ready_at[i], now)
+                try:
+                    output = await self._stage_entry(call)
+                except Exception as exc:
+                    # Only a broken hook gets here: stages and interceptors are caught further in.
+                    logger.exception("a run hook failed on stage %r", spec.name)
+                    output = StageOutput.fail(exc, metadata={"error_type": qualified_name(exc)})
+                except BaseException:
+                    if spec.name not in self.outputs:
+                        self.outputs[spec.name] = self._cancelled_output()
+                    raise
+                self._complete(i, output, ctx.attempt)
         finally:
             self.active -= 1
             self._tasks.pop(i, None)
