@@ -29,20 +29,14 @@ from stageflow_otel.core import (
     StageContext,
     StageEvent,
     StageExecutionError,
-    StageGraph,
     StageOutput,
     StageReturn,
 )
+from tests.unit.core.support import run
 
 pytestmark = pytest.mark.anyio
 
-HANG = 5.0
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
-
-
-async def run(graph: StageGraph, **kwargs: Any) -> PipelineResults:
-    with anyio.fail_after(HANG):
-        return await graph.run(**kwargs)
 
 
 async def noop(ctx: StageContext) -> StageReturn:

@@ -24,7 +24,6 @@ from stageflow_otel.core import (
     StageCancellationRequested,
     StageContext,
     StageExecutionError,
-    StageGraph,
     StageOutput,
     StageReturn,
     StageReturnTypeError,
@@ -32,16 +31,9 @@ from stageflow_otel.core import (
     StageTimeoutError,
     UndeclaredDependencyError,
 )
+from tests.unit.core.support import HANG, run
 
 pytestmark = pytest.mark.anyio
-
-HANG = 5.0
-"""Seconds after which a test counts as hung (never a speed assertion)."""
-
-
-async def run(graph: StageGraph, **kwargs: Any) -> PipelineResults:
-    with anyio.fail_after(HANG):
-        return await graph.run(**kwargs)
 
 
 async def noop(ctx: StageContext) -> StageReturn:

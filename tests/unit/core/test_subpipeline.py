@@ -23,22 +23,15 @@ from stageflow_otel.core import (
     RunIdentity,
     StageContext,
     StageExecutionError,
-    StageGraph,
     StageOutput,
     StageReturn,
     StageStatus,
     SubpipelineResult,
     SubpipelineSpawner,
 )
+from tests.unit.core.support import run
 
 pytestmark = pytest.mark.anyio
-
-HANG = 5.0
-
-
-async def run(graph: StageGraph, **kwargs: Any) -> PipelineResults:
-    with anyio.fail_after(HANG):
-        return await graph.run(**kwargs)
 
 
 async def describe(ctx: StageContext) -> StageReturn:
