@@ -318,6 +318,7 @@ class RunState:
             if sink is not None and type(sink) is not NoOpEventSink and sink not in sinks:
                 sinks.append(sink)
         self.sinks: list[EventSink] = sinks
+        self._sink_snapshot = tuple(sinks)  # what ``emit`` iterates; rebuilt when one is dropped
         observing = [h for h in chosen_hooks if type(h).overrides("on_event")]
         self.observers = tuple(h.on_event for h in observing)
         observe_all = any(h.observed_events is None for h in observing)
@@ -368,8 +369,7 @@ class RunState:
                 observe(type, data)
             except Exception:
                 logger.exception("run hook %r failed on event %r", observe, type)
-        sinks = self.sinks
-        for sink in tuple(sinks):
+        for sink in self._sink_snapshot:
             try:
                 sink.try_emit(type=type, data=data)
             except Exception:
@@ -379,7 +379,9 @@ class RunState:
                     type,
                     self.run_id,
                 )
-                sinks.remove(sink)
+                if sink in self.sinks:
+                    self.sinks.remove(sink)
+                self._sink_snapshot = tuple(self.sinks)
 
     def _wall(self, perf: float) -> _dt.datetime:
         return self._wall_start + _dt.timedelta(seconds=perf - self._perf_start)
@@ -696,7 +698,7 @@ class RunState:
         elif status is _CANCEL:
             payload["reason"] = output.data.get("cancel_reason")
         else:
-            payload["data_keys"] = sorted(str(k) for k in output.data)
+            payload["data_keys"] = sorted(map(str, output.data)) if output.data else []
         for event in output.events:
             self.emit(event.type, {**event.data, "stage": name})
         for artifact in output.artifacts:

@@ -20,6 +20,8 @@ class RunRecord:
         "run_id",
         "span",
         "stage_spans",
+        "trace_hex",
+        "trace_id",
     )
 
     def __init__(self, span: trace.Span, pipeline: str, run_id: str, metric_pipeline: str) -> None:
@@ -31,18 +33,30 @@ class RunRecord:
         self.base_attributes: dict[str, Any] = {}
         self.active_series: Any = None
         self.queue_wait_series: Any = None
+        span_context = span.get_span_context()
+        self.trace_id = span_context.trace_id
+        self.trace_hex = format(span_context.trace_id, "032x")
+
+    def hex_ids(self, span_context: trace.SpanContext) -> tuple[str, str]:
+        """``(trace_id, span_id)`` in hex; the run's trace id is formatted once per run."""
+        trace_id = span_context.trace_id
+        trace_hex = self.trace_hex if trace_id == self.trace_id else format(trace_id, "032x")
+        return trace_hex, format(span_context.span_id, "016x")
 
 
 class StageRecord:
     """The telemetry state of one stage execution."""
 
-    __slots__ = ("hex_ids", "metric_stage", "name", "run", "span")
+    __slots__ = ("context", "hex_ids", "metric_stage", "name", "run", "span")
 
-    def __init__(self, span: trace.Span, name: str, run: RunRecord, metric_stage: str) -> None:
+    def __init__(
+        self, span: trace.Span, name: str, run: RunRecord, metric_stage: str, context: Any
+    ) -> None:
         self.span = span
         self.name = name
         self.run = run
         self.metric_stage = metric_stage
+        self.context = context  # the OpenTelemetry context that makes ``span`` current
         self.hex_ids: tuple[str, str] | None = None
 
 

@@ -39,7 +39,7 @@ from stageflow_otel.core.wide_events import error_type_of
 from . import attributes as attr
 from ._context import RunRecord, StageRecord, current_run, current_stage
 from .logging import emit_canonical_line
-from .metrics import StageflowMetrics
+from .metrics import StageflowMetrics, StageSeries, observe_with_trace
 
 __all__ = ("Redactor", "TelemetryHook")
 
@@ -102,7 +102,6 @@ class TelemetryHook(RunHook):
         self.record_output_keys = tuple(record_output_keys)
         self.record_tool_payloads = record_tool_payloads
         self.redact = redact
-        self._stage_series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 
     def _redacted(self, key: str, value: Any) -> Any:
         """``value`` as an attribute, after the redaction hook; never raises."""
@@ -213,11 +212,13 @@ class TelemetryHook(RunHook):
             return await proceed(call)
         spec = call.spec
         name = call.stage
-        attributes = dict(run.base_attributes)
-        attributes[attr.STAGE_NAME] = name
-        attributes[attr.STAGE_KIND] = call.kind.value
-        attributes[attr.STAGE_QUEUE_WAIT] = call.queue_wait_s
-        attributes[attr.CODE_FUNCTION] = spec.function_name
+        attributes = {
+            **run.base_attributes,
+            attr.STAGE_NAME: name,
+            attr.STAGE_KIND: call.kind.value,
+            attr.STAGE_QUEUE_WAIT: call.queue_wait_s,
+            attr.CODE_FUNCTION: spec.function_name,
+        }
         links: list[Link] | None = None
         if spec.dependencies:
             attributes[attr.STAGE_DEPENDENCIES] = list(spec.dependencies)
@@ -228,14 +229,15 @@ class TelemetryHook(RunHook):
                 if dep in upstream
             ]
         span = self.tracer.start_span(f"stage.run {name}", attributes=attributes, links=links)
-        run.stage_spans[name] = span.get_span_context()
-        metrics = self.metrics
-        metric_stage = metrics.stage_label(run.metric_pipeline, name) if metrics else name
-        token = otel_context.attach(trace.set_span_in_context(span))
-        record = StageRecord(span, name, run, metric_stage)
         span_context = span.get_span_context()
+        run.stage_spans[name] = span_context
+        metrics = self.metrics
+        series = metrics.stage_series(run.metric_pipeline, name) if metrics else None
+        context = trace.set_span_in_context(span)
+        token = otel_context.attach(context)
+        record = StageRecord(span, name, run, series.label if series else name, context)
         if span_context.is_valid:
-            record.hex_ids = _hex_ids(span_context)
+            record.hex_ids = run.hex_ids(span_context)
         stage_token = current_stage.set(record)
         if metrics:
             run.active_series.inc()
@@ -246,7 +248,7 @@ class TelemetryHook(RunHook):
             return output
         finally:
             try:
-                self._finish_stage(call, span, run, metric_stage, output)
+                self._finish_stage(call, record, series, output)
             except Exception:
                 logger.exception("recording telemetry for stage %r failed", name)
             finally:
@@ -256,12 +258,12 @@ class TelemetryHook(RunHook):
     def _finish_stage(
         self,
         call: StageCall,
-        span: trace.Span,
-        run: RunRecord,
-        metric_stage: str,
+        record: StageRecord,
+        series: StageSeries | None,
         output: StageOutput | None,
     ) -> None:
         duration = _perf() - call.started_at
+        span = record.span
         error_type: str | None = None
         end_attributes: dict[str, Any] = {}
         if output is None:
@@ -297,25 +299,18 @@ class TelemetryHook(RunHook):
             span.set_attributes(end_attributes)
         finally:
             span.end()
-        span_context = span.get_span_context()
-        metrics = self.metrics
-        if metrics:
-            label_error = metrics.error_type_label(error_type)
-            series_key = (run.metric_pipeline, metric_stage, status.value, label_error)
-            series = self._stage_series.get(series_key)
-            if series is None:
-                series = (
-                    metrics.stage_runs.labels(*series_key),
-                    metrics.stage_duration.labels(*series_key[:3]),
-                )
-                self._stage_series[series_key] = series
-            series[0].inc()
-            stage_record = current_stage.get()
-            ids = stage_record.hex_ids if stage_record is not None else None
+        run = record.run
+        if series is not None:
+            metrics = self.metrics
+            assert metrics is not None
+            label_error = "" if error_type is None else metrics.error_type_label(error_type)
+            runs, durations = series.outcome(status.value, label_error)
+            runs.inc()
+            ids = record.hex_ids
             if ids is not None:
-                series[1].observe(duration, {"trace_id": ids[0], "span_id": ids[1]})
+                observe_with_trace(durations, duration, *ids)
             else:
-                series[1].observe(duration)
+                durations.observe(duration)
             run.active_series.dec()
         if self.canonical_logs:
             emit_canonical_line(
@@ -332,7 +327,7 @@ class TelemetryHook(RunHook):
                     "error": output.error if output is not None else None,
                     "error_type": error_type,
                     "data_keys": sorted(str(k) for k in output.data) if output is not None else [],
-                    **_trace_fields(span_context),
+                    **_trace_fields(span.get_span_context()),
                 },
                 error=status is StageStatus.FAIL,
             )
@@ -521,14 +516,15 @@ class TelemetryHook(RunHook):
 
     def on_event(self, type: str, data: dict[str, Any]) -> None:
         """Add trace ids to every event; turn ``stage.retrying`` into a span event and a count."""
-        span = trace.get_current_span()
         stage_record = current_stage.get()
-        if stage_record is not None and span is stage_record.span:
-            ids = stage_record.hex_ids  # most stage events: formatted once per stage
-            if ids is not None:
-                data["trace_id"], data["span_id"] = ids
+        if (
+            stage_record is not None
+            and stage_record.hex_ids is not None
+            and otel_context.get_current() is stage_record.context
+        ):
+            data["trace_id"], data["span_id"] = stage_record.hex_ids  # formatted once per stage
         else:
-            span_context = span.get_span_context()
+            span_context = trace.get_current_span().get_span_context()
             if span_context.is_valid:
                 data["trace_id"], data["span_id"] = _hex_ids(span_context)
         if type == "stage.retrying":

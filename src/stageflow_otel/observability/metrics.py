@@ -10,12 +10,14 @@ from __future__ import annotations
 import builtins
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Self
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import start_http_server
+from prometheus_client.samples import Exemplar
 
 from stageflow_otel._version import package_version
 
@@ -23,7 +25,9 @@ __all__ = (
     "DURATION_BUCKETS",
     "KNOWN_ERROR_TYPES",
     "MetricsServer",
+    "StageSeries",
     "StageflowMetrics",
+    "observe_with_trace",
     "serve_metrics",
 )
 
@@ -89,6 +93,7 @@ class StageflowMetrics:
         self._stage_names: dict[str, set[str]] = {}
         self._pipeline_names: set[str] = set()
         self._warned: set[str] = set()
+        self._stage_series: dict[tuple[str, str], StageSeries] = {}
         reg = self.registry
         b = DURATION_BUCKETS
         self.pipeline_runs = Counter(
@@ -207,6 +212,23 @@ class StageflowMetrics:
         )
         return OTHER
 
+    def stage_series(self, pipeline: str, stage: str) -> StageSeries:
+        """The series of a stage of a pipeline (``pipeline`` already a bounded label).
+
+        Resolved once per stage: the label guard runs on first sight only.
+        """
+        key = (pipeline, stage)
+        series = self._stage_series.get(key)
+        if series is None:
+            label = self.stage_label(pipeline, stage)
+            series = self._stage_series.get((pipeline, label))
+            if series is None:
+                series = StageSeries(self, pipeline, label)
+                self._stage_series[(pipeline, label)] = series
+            if label != OTHER:
+                self._stage_series[key] = series
+        return series
+
     def error_type_label(self, error_type: str | None) -> str:
         """The bounded ``error_type`` label value (empty when there was no error)."""
         return _bounded_error_type(error_type, self.extra_error_types)
@@ -217,6 +239,65 @@ class StageflowMetrics:
                 return
             self._warned.add(key)
         logger.warning(message, *args)
+
+
+class StageSeries:
+    """The Prometheus series of one stage of one pipeline, each resolved once.
+
+    Attributes:
+        label: The stage's bounded label value (its name, or ``_OTHER``).
+    """
+
+    __slots__ = ("_metrics", "_outcomes", "_pipeline", "label")
+
+    def __init__(self, metrics: StageflowMetrics, pipeline: str, label: str) -> None:
+        self._metrics = metrics
+        self._pipeline = pipeline
+        self.label = label
+        self._outcomes: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def outcome(self, status: str, error_type: str) -> tuple[Any, Any]:
+        """``(stage_runs child, stage_duration child)`` for a status and error-type label."""
+        key = (status, error_type)
+        children = self._outcomes.get(key)
+        if children is None:
+            metrics = self._metrics
+            children = (
+                metrics.stage_runs.labels(self._pipeline, self.label, status, error_type),
+                metrics.stage_duration.labels(self._pipeline, self.label, status),
+            )
+            self._outcomes[key] = children
+        return children
+
+
+def _has_bucket_internals() -> bool:
+    child = Histogram("probe_seconds", "", registry=None)
+    return all(hasattr(child, name) for name in ("_sum", "_buckets", "_upper_bounds"))
+
+
+_DIRECT_EXEMPLARS = _has_bucket_internals()
+
+
+def observe_with_trace(child: Any, amount: float, trace_id: str, span_id: str) -> None:
+    """``child.observe(amount, {"trace_id": ..., "span_id": ...})``, minus the per-call checks.
+
+    ``Histogram.observe`` validates the exemplar's label names and length on every call; ours
+    are fixed (``trace_id``, ``span_id``, 48 hex digits, well under the 128-character limit),
+    so the observation goes straight to the bucket. Falls back to ``observe`` if the
+    histogram's layout is not the one this was written for.
+    """
+    if not _DIRECT_EXEMPLARS:
+        child.observe(amount, {"trace_id": trace_id, "span_id": span_id})
+        return
+    child._sum.inc(amount)
+    for i, bound in enumerate(child._upper_bounds):
+        if amount <= bound:
+            bucket = child._buckets[i]
+            bucket.inc(1)
+            bucket.set_exemplar(
+                Exemplar({"trace_id": trace_id, "span_id": span_id}, amount, time.time())
+            )
+            return
 
 
 @dataclass

@@ -93,41 +93,73 @@ def _body(data: Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _timestamp_ns(data: Mapping[str, Any]) -> int:
-    raw = data.get("timestamp")
-    if isinstance(raw, str):
-        try:
-            moment = _dt.datetime.fromisoformat(raw)
-        except ValueError:
-            return time.time_ns()
-        return int(moment.timestamp() * 1_000_000_000)
-    return time.time_ns()
+# Payload timestamps are ``iso_timestamp()`` text: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``. Parsing
+# the date and time of a second once (one tuple, replaced whole) makes the common case cheap.
+_second_ns: list[tuple[str, int]] = [("", 0)]
 
 
-def _context_of(data: Mapping[str, Any]) -> Any:
+def _timestamp_ns(raw: Any) -> int:
+    """Nanoseconds since the epoch of a payload's ``timestamp``; now when it has none."""
+    if not isinstance(raw, str):
+        return time.time_ns()
+    if len(raw) == 27 and raw[19] == "." and raw[26] == "Z" and raw[20:26].isdigit():
+        second, base = _second_ns[0]
+        if raw[:19] != second:
+            try:
+                moment = _dt.datetime.fromisoformat(raw[:19]).replace(tzinfo=_dt.UTC)
+            except ValueError:
+                return time.time_ns()
+            second, base = raw[:19], int(moment.timestamp()) * 1_000_000_000
+            _second_ns[0] = (second, base)
+        return base + int(raw[20:26]) * 1000
+    try:
+        moment = _dt.datetime.fromisoformat(raw)
+    except ValueError:
+        return time.time_ns()
+    return int(moment.timestamp() * 1_000_000_000)
+
+
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
+def _context_of(data: Mapping[str, Any], cache: dict[tuple[str, str], Any]) -> Any:
+    """The trace context of a payload's ``trace_id``/``span_id``; ``None`` without them.
+
+    ``cache`` maps id pairs to contexts already built: a stage's events share one.
+    """
     trace_id, span_id = data.get("trace_id"), data.get("span_id")
     if not (isinstance(trace_id, str) and isinstance(span_id, str)):
         return None
-    try:
-        span_context = SpanContext(
-            int(trace_id, 16), int(span_id, 16), is_remote=False, trace_flags=TraceFlags(1)
-        )
-    except ValueError:
-        return None
-    return trace.set_span_in_context(NonRecordingSpan(span_context))
+    key = (trace_id, span_id)
+    context = cache.get(key)
+    if context is None:
+        try:
+            span_context = SpanContext(
+                int(trace_id, 16), int(span_id, 16), is_remote=False, trace_flags=_SAMPLED
+            )
+        except ValueError:
+            return None
+        context = cache[key] = trace.set_span_in_context(NonRecordingSpan(span_context))
+    return context
 
 
 _TRACE_KEYS = frozenset({"trace_id", "span_id"})
+_INFO = (SeverityNumber.INFO, "INFO")
+_SEVERITY = {
+    **dict.fromkeys(_ERROR_EVENTS, (SeverityNumber.ERROR, "ERROR")),
+    **dict.fromkeys(_WARN_EVENTS, (SeverityNumber.WARN, "WARN")),
+}
 
 
 def event_to_log_record(type: str, data: Mapping[str, Any]) -> LogRecord:
     """The OpenTelemetry log record of one event."""
-    if type in _ERROR_EVENTS:
-        severity, text = SeverityNumber.ERROR, "ERROR"
-    elif type in _WARN_EVENTS:
-        severity, text = SeverityNumber.WARN, "WARN"
-    else:
-        severity, text = SeverityNumber.INFO, "INFO"
+    return _log_record(type, data, {})
+
+
+def _log_record(
+    type: str, data: Mapping[str, Any], contexts: dict[tuple[str, str], Any]
+) -> LogRecord:
+    severity, text = _SEVERITY.get(type, _INFO)
     # Lifecycle payloads are flat and primitive: one pass, no copies, unless they are not.
     attributes: dict[str, Any] = {}
     flat = True
@@ -146,9 +178,9 @@ def event_to_log_record(type: str, data: Mapping[str, Any]) -> LogRecord:
         attributes.pop("trace_id", None)
         attributes.pop("span_id", None)
     return LogRecord(
-        timestamp=_timestamp_ns(data),
+        timestamp=_timestamp_ns(data.get("timestamp")),
         observed_timestamp=time.time_ns(),
-        context=_context_of(data),
+        context=_context_of(data, contexts),
         severity_number=severity,
         severity_text=text,
         body=data if flat else _body(data),
@@ -180,7 +212,8 @@ class _LogRecordExport:
         # Exporters' own HTTP/gRPC calls must not be traced (they would feed more exports).
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
-            records = [event_to_log_record(event.type, event.data) for event in batch]
+            contexts: dict[tuple[str, str], Any] = {}
+            records = [_log_record(event.type, event.data, contexts) for event in batch]
             if self.logger is not None:
                 for record in records:
                     self.logger.emit(record)

@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -22,6 +22,12 @@ from stageflow_otel import (
 )
 from stageflow_otel._version import package_version
 from stageflow_otel.observability import Telemetry
+from stageflow_otel.observability import metrics as metrics_module
+from stageflow_otel.observability.metrics import (
+    DURATION_BUCKETS,
+    StageflowMetrics,
+    observe_with_trace,
+)
 from stageflow_otel.testing import InMemoryTelemetry, in_memory_telemetry
 
 from .support import (
@@ -336,3 +342,44 @@ async def test_telemetry_never_touches_the_global_registry() -> None:
         )
     finally:
         telemetry.shutdown()
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "fallback"])
+def test_observe_with_trace_matches_observe_with_an_exemplar(
+    direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics_module, "_DIRECT_EXEMPLARS", direct)
+    ours, reference = CollectorRegistry(), CollectorRegistry()
+    ours_child = Histogram("h_seconds", "h", ("s",), buckets=DURATION_BUCKETS, registry=ours)
+    ref_child = Histogram("h_seconds", "h", ("s",), buckets=DURATION_BUCKETS, registry=reference)
+    trace_id = "1" * 32
+    # On a bound, between bounds, beyond the last bound, and twice into one bucket.
+    for i, amount in enumerate((0.001, 0.0042, 7.5, 400.0, 0.003)):
+        span = f"{i:016x}"
+        observe_with_trace(ours_child.labels("a"), amount, trace_id, span)
+        ref_child.labels("a").observe(amount, {"trace_id": trace_id, "span_id": span})
+
+    def exposition(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float, Any]]:
+        return [
+            (s.name, s.labels, s.value, s.exemplar and (s.exemplar.labels, s.exemplar.value))
+            for family in openmetrics_families(registry)
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert exposition(ours) == exposition(reference)
+    assert any(sample[3] for sample in exposition(ours))  # exemplars are there at all
+
+
+def test_stage_series_are_resolved_once_and_bounded() -> None:
+    metrics = StageflowMetrics(CollectorRegistry(), max_stage_names=2)
+
+    first = metrics.stage_series("p", "a")
+    assert metrics.stage_series("p", "a") is first
+    assert first.outcome("ok", "") is first.outcome("ok", "")
+    assert metrics.stage_series("p", "b").label == "b"
+    beyond = [metrics.stage_series("p", f"x{i}") for i in range(500)]
+    assert {s.label for s in beyond} == {"_OTHER"}
+    assert len({id(s) for s in beyond}) == 1
+    # Names beyond the limit are not remembered one by one: memory stays bounded.
+    assert len(metrics._stage_series) == 3

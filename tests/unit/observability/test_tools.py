@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from stageflow_otel import Pipeline, StageContext
+from stageflow_otel import CollectingEventSink, Pipeline, StageContext
 from stageflow_otel.testing import InMemoryTelemetry, in_memory_telemetry
 from stageflow_otel.tools import ToolExecutor, ToolInput, ToolInputValidationError, ToolRegistry
 
-from .support import attributes, run_graph
+from .support import attributes, hex_ids, run_graph
 
 pytestmark = pytest.mark.anyio
 
@@ -114,3 +114,26 @@ async def test_tool_payloads_are_recorded_only_when_opted_in_and_redacted() -> N
         assert seen == ["gen_ai.tool.call.arguments", "gen_ai.tool.call.result"]
     finally:
         recorded.shutdown()
+
+
+async def test_tool_events_carry_the_tool_span_and_stage_events_the_stage_span(
+    telemetry: InMemoryTelemetry,
+) -> None:
+    executor = make_executor()
+    events = CollectingEventSink()
+
+    async def stage(ctx: StageContext) -> dict[str, Any]:
+        call = ToolInput(tool_name="reserve", payload={"sku": "a", "quantity": 1})
+        return dict((await executor.execute(call, ctx)).data)
+
+    graph = Pipeline("p").with_stage("reserve", stage).build(hooks=telemetry.hooks)
+    await run_graph(graph, event_sink=events)
+
+    tool_ids = hex_ids(telemetry.span("execute_tool reserve"))
+    stage_ids = hex_ids(telemetry.span("stage.run reserve"))
+    assert tool_ids != stage_ids
+    found = {e.type: (e.data.get("trace_id"), e.data.get("span_id")) for e in events.events}
+    assert found["tool.started"] == tool_ids
+    assert found["tool.completed"] == tool_ids
+    assert found["stage.started"] == stage_ids
+    assert found["stage.completed"] == stage_ids
