@@ -268,7 +268,8 @@ class TimeoutInterceptor:
     work is cancelled (an anyio cancel scope, so it works on asyncio and trio and never
     swallows a cancellation from outside) and the output is a FAIL with a
     :class:`StageTimeoutError` and metadata ``error_type="stageflow.timeout"``,
-    ``error_code="TIMEOUT"``, as for a stage's own ``timeout=``. :class:`StageTimeoutError` is a
+    ``error_code="TIMEOUT"``, as for a stage's own ``timeout=``, plus ``interceptor="timeout"``
+    naming the interceptor that failed the stage. :class:`StageTimeoutError` is a
     ``TimeoutError``, so the default ``RetryInterceptor`` retries it.
 
     Changes from stageflow-core: the timeout is per stage (``per_stage``) rather than one
@@ -318,6 +319,10 @@ class TimeoutInterceptor:
         if scope.cancelled_caught:
             return StageOutput.fail(
                 StageTimeoutError(call.stage, timeout),
-                metadata={"error_type": "stageflow.timeout", "error_code": "TIMEOUT"},
+                metadata={
+                    "error_type": "stageflow.timeout",
+                    "error_code": "TIMEOUT",
+                    "interceptor": self.name,
+                },
             )
         return output

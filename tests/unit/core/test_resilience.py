@@ -513,12 +513,19 @@ async def test_a_stage_over_its_timeout_fails_like_a_spec_timeout() -> None:
     assert isinstance(output.exception, StageTimeoutError)
     assert output.exception.timeout_s == 0.01
     assert output.error == "stage 's' timed out after 0.01s"
-    assert dict(output.metadata) == {"error_type": "stageflow.timeout", "error_code": "TIMEOUT"}
+    assert dict(output.metadata) == {
+        "error_type": "stageflow.timeout",
+        "error_code": "TIMEOUT",
+        "interceptor": "timeout",
+    }
 
     spec_timeout = await run_failing(
         Pipeline("p").with_stage("s", hang, timeout=0.01).build(hooks=[])
     )
-    assert dict(spec_timeout.results["s"].metadata) == dict(output.metadata)
+    assert dict(spec_timeout.results["s"].metadata) == {
+        "error_type": "stageflow.timeout",
+        "error_code": "TIMEOUT",
+    }
 
 
 async def test_per_stage_timeouts_override_the_default() -> None:

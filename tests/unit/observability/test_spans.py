@@ -494,6 +494,13 @@ async def test_timeout_is_an_error_of_type_stageflow_timeout(
     assert stage.status.description == "stage 'a' timed out after 0.01s"
     assert attributes(stage)["error.type"] == "stageflow.timeout"
     assert attributes(telemetry.span("pipeline.run p"))["error.type"] == "stageflow.timeout"
+    if where == "interceptor":
+        # The interceptor failed the stage itself: its span says so.
+        timeout = telemetry.span("interceptor timeout")
+        assert attributes(timeout)["stageflow.interceptor.action"] == "error"
+        assert attributes(timeout)["error.type"] == "stageflow.timeout"
+        assert status_code(timeout) is StatusCode.ERROR
+        assert timeout.status.description == "stage 'a' timed out after 0.01s"
 
 
 async def test_open_circuit_short_circuits_the_stage(telemetry: InMemoryTelemetry) -> None:
