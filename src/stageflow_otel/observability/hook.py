@@ -346,9 +346,11 @@ class TelemetryHook(RunHook):
         token = None
         if self.interceptor_spans:
             run = current_run.get()
-            attributes = dict(run.base_attributes) if run is not None else {}
-            attributes[attr.INTERCEPTOR_NAME] = name
-            attributes[attr.STAGE_NAME] = call.stage
+            attributes = {
+                **(run.base_attributes if run is not None else {}),
+                attr.INTERCEPTOR_NAME: name,
+                attr.STAGE_NAME: call.stage,
+            }
             span = self.tracer.start_span(f"interceptor {name}", attributes=attributes)
             token = otel_context.attach(trace.set_span_in_context(span))
         output: StageOutput | None = None
@@ -362,14 +364,15 @@ class TelemetryHook(RunHook):
                     action = None  # cancelled: the stage span says so
                 else:
                     meta = output.metadata
-                    if meta.get("interceptor") == name:
-                        action = "error"
-                    elif meta.get("short_circuited_by") == name:
-                        action = "short_circuit"
-                    elif call.attempt > attempt_before:
+                    if meta:
+                        if meta.get("interceptor") == name:
+                            action = "error"
+                        elif meta.get("short_circuited_by") == name:
+                            action = "short_circuit"
+                    if action == "proceed" and call.attempt > attempt_before:
                         action = "retry"
                 if metrics:
-                    metrics.interceptor_duration.labels(name).observe(_perf() - started)
+                    metrics.interceptor_series(name).observe(_perf() - started)
                     if action == "short_circuit":
                         run = current_run.get()
                         stage = (
@@ -380,15 +383,16 @@ class TelemetryHook(RunHook):
                         metrics.interceptor_short_circuits.labels(name, stage).inc()
                 if span is not None:
                     if action is not None:
-                        span.set_attribute(attr.INTERCEPTOR_ACTION, action)
-                    if (
-                        output is not None
-                        and output.status is StageStatus.FAIL
-                        and action in ("error", "short_circuit")
-                    ):
-                        span.set_attribute(attr.ERROR_TYPE, error_type_of(output) or "_OTHER")
-                        if action == "error":
-                            span.set_status(Status(StatusCode.ERROR, output.error))
+                        end_attributes: dict[str, Any] = {attr.INTERCEPTOR_ACTION: action}
+                        if (
+                            output is not None
+                            and output.status is StageStatus.FAIL
+                            and action in ("error", "short_circuit")
+                        ):
+                            end_attributes[attr.ERROR_TYPE] = error_type_of(output) or "_OTHER"
+                            if action == "error":
+                                span.set_status(Status(StatusCode.ERROR, output.error))
+                        span.set_attributes(end_attributes)
                     span.end()
             except Exception:
                 logger.exception("recording telemetry for interceptor %r failed", name)

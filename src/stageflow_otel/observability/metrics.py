@@ -94,6 +94,7 @@ class StageflowMetrics:
         self._pipeline_names: set[str] = set()
         self._warned: set[str] = set()
         self._stage_series: dict[tuple[str, str], StageSeries] = {}
+        self._interceptor_series: dict[str, Any] = {}
         reg = self.registry
         b = DURATION_BUCKETS
         self.pipeline_runs = Counter(
@@ -228,6 +229,15 @@ class StageflowMetrics:
             if label != OTHER:
                 self._stage_series[key] = series
         return series
+
+    def interceptor_series(self, interceptor: str) -> Any:
+        """The ``stageflow_interceptor_duration_seconds`` child of an interceptor name."""
+        child = self._interceptor_series.get(interceptor)
+        if child is None:
+            child = self._interceptor_series[interceptor] = self.interceptor_duration.labels(
+                interceptor
+            )
+        return child
 
     def error_type_label(self, error_type: str | None) -> str:
         """The bounded ``error_type`` label value (empty when there was no error)."""
