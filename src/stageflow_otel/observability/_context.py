@@ -47,7 +47,7 @@ class RunRecord:
 class StageRecord:
     """The telemetry state of one stage execution."""
 
-    __slots__ = ("context", "hex_ids", "metric_stage", "name", "run", "span")
+    __slots__ = ("claimed", "context", "hex_ids", "metric_stage", "name", "run", "span")
 
     def __init__(
         self, span: trace.Span, name: str, run: RunRecord, metric_stage: str, context: Any
@@ -58,6 +58,8 @@ class StageRecord:
         self.metric_stage = metric_stage
         self.context = context  # the OpenTelemetry context that makes ``span`` current
         self.hex_ids: tuple[str, str] | None = None
+        # Failures and short circuits an interceptor span has reported (see ``hook._claim``).
+        self.claimed: list[object] | None = None
 
 
 current_run: contextvars.ContextVar[RunRecord | None] = contextvars.ContextVar(

@@ -66,6 +66,28 @@ def _trace_fields(span_context: trace.SpanContext) -> dict[str, str]:
     return {"trace_id": trace_id, "span_id": span_id}
 
 
+def _claim(output: StageOutput) -> bool:
+    """Claim a failure or short circuit for the innermost interceptor span that sees it.
+
+    Metadata names the interceptor by name only, and an outer interceptor of the same name
+    (a pipeline-wide ``TimeoutInterceptor`` around a stage's own) sees the same failure pass
+    through, or re-wrapped by a retry with the same exception. The first (innermost) span to
+    claim it is the one that reports it.
+    """
+    stage = current_stage.get()
+    if stage is None:
+        return True
+    cause: object = output.exception if output.exception is not None else output
+    claimed = stage.claimed
+    if claimed is None:
+        stage.claimed = [cause]
+        return True
+    if any(seen is cause for seen in claimed):
+        return False
+    claimed.append(cause)
+    return True
+
+
 def _safe_value(value: Any) -> Any:
     if isinstance(value, _PRIMITIVE):
         return value
@@ -369,6 +391,8 @@ class TelemetryHook(RunHook):
                             action = "error"
                         elif meta.get("short_circuited_by") == name:
                             action = "short_circuit"
+                        if action != "proceed" and not _claim(output):
+                            action = "proceed"  # an inner interceptor of the same name did it
                     if action == "proceed" and call.attempt > attempt_before:
                         action = "retry"
                 if metrics:

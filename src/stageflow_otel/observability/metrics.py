@@ -280,29 +280,23 @@ class StageSeries:
         return children
 
 
-def _has_bucket_internals() -> bool:
-    child = Histogram("probe_seconds", "", registry=None)
-    return all(hasattr(child, name) for name in ("_sum", "_buckets", "_upper_bounds"))
-
-
-_DIRECT_EXEMPLARS = _has_bucket_internals()
-
-
 def observe_with_trace(child: Any, amount: float, trace_id: str, span_id: str) -> None:
     """``child.observe(amount, {"trace_id": ..., "span_id": ...})``, minus the per-call checks.
 
     ``Histogram.observe`` validates the exemplar's label names and length on every call; ours
     are fixed (``trace_id``, ``span_id``, 48 hex digits, well under the 128-character limit),
-    so the observation goes straight to the bucket. Falls back to ``observe`` if the
-    histogram's layout is not the one this was written for.
+    so the observation goes straight to the bucket. Falls back to ``observe`` for a histogram
+    without the layout this was written for.
     """
-    if not _DIRECT_EXEMPLARS:
+    try:
+        total, bounds, buckets = child._sum, child._upper_bounds, child._buckets
+    except AttributeError:
         child.observe(amount, {"trace_id": trace_id, "span_id": span_id})
         return
-    child._sum.inc(amount)
-    for i, bound in enumerate(child._upper_bounds):
+    total.inc(amount)
+    for i, bound in enumerate(bounds):
         if amount <= bound:
-            bucket = child._buckets[i]
+            bucket = buckets[i]
             bucket.inc(1)
             bucket.set_exemplar(
                 Exemplar({"trace_id": trace_id, "span_id": span_id}, amount, time.time())

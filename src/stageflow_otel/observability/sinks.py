@@ -102,16 +102,26 @@ def _timestamp_ns(raw: Any) -> int:
     """Nanoseconds since the epoch of a payload's ``timestamp``; now when it has none."""
     if not isinstance(raw, str):
         return time.time_ns()
-    if len(raw) == 27 and raw[19] == "." and raw[26] == "Z" and raw[20:26].isdigit():
+    micros = raw[20:26]
+    if (
+        len(raw) == 27
+        and raw[19] == "."
+        and raw[26] == "Z"
+        and micros.isascii()
+        and micros.isdigit()
+    ):
         second, base = _second_ns[0]
         if raw[:19] != second:
             try:
-                moment = _dt.datetime.fromisoformat(raw[:19]).replace(tzinfo=_dt.UTC)
+                moment = _dt.datetime.strptime(raw[:19], "%Y-%m-%dT%H:%M:%S")
             except ValueError:
-                return time.time_ns()
-            second, base = raw[:19], int(moment.timestamp()) * 1_000_000_000
-            _second_ns[0] = (second, base)
-        return base + int(raw[20:26]) * 1000
+                moment = None
+            if moment is not None:
+                second = raw[:19]
+                base = int(moment.replace(tzinfo=_dt.UTC).timestamp()) * 1_000_000_000
+                _second_ns[0] = (second, base)
+        if raw[:19] == second:
+            return base + int(micros) * 1000
     try:
         moment = _dt.datetime.fromisoformat(raw)
     except ValueError:

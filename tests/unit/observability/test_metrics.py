@@ -22,7 +22,6 @@ from stageflow_otel import (
 )
 from stageflow_otel._version import package_version
 from stageflow_otel.observability import Telemetry
-from stageflow_otel.observability import metrics as metrics_module
 from stageflow_otel.observability.metrics import (
     DURATION_BUCKETS,
     StageflowMetrics,
@@ -344,19 +343,28 @@ async def test_telemetry_never_touches_the_global_registry() -> None:
         telemetry.shutdown()
 
 
-@pytest.mark.parametrize("direct", [True, False], ids=["direct", "fallback"])
-def test_observe_with_trace_matches_observe_with_an_exemplar(
-    direct: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(metrics_module, "_DIRECT_EXEMPLARS", direct)
+class ObserveOnly:
+    """A histogram child that offers only the public ``observe`` (another layout)."""
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        self._child.observe(amount, exemplar)
+
+
+@pytest.mark.parametrize("layout", ["prometheus_client", "observe_only"])
+def test_observe_with_trace_matches_observe_with_an_exemplar(layout: str) -> None:
     ours, reference = CollectorRegistry(), CollectorRegistry()
     ours_child = Histogram("h_seconds", "h", ("s",), buckets=DURATION_BUCKETS, registry=ours)
     ref_child = Histogram("h_seconds", "h", ("s",), buckets=DURATION_BUCKETS, registry=reference)
+    child = ours_child.labels("a")
+    target: Any = ObserveOnly(child) if layout == "observe_only" else child
     trace_id = "1" * 32
     # On a bound, between bounds, beyond the last bound, and twice into one bucket.
     for i, amount in enumerate((0.001, 0.0042, 7.5, 400.0, 0.003)):
         span = f"{i:016x}"
-        observe_with_trace(ours_child.labels("a"), amount, trace_id, span)
+        observe_with_trace(target, amount, trace_id, span)
         ref_child.labels("a").observe(amount, {"trace_id": trace_id, "span_id": span})
 
     def exposition(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float, Any]]:
@@ -368,7 +376,8 @@ def test_observe_with_trace_matches_observe_with_an_exemplar(
         ]
 
     assert exposition(ours) == exposition(reference)
-    assert any(sample[3] for sample in exposition(ours))  # exemplars are there at all
+    exemplars = [sample[3] for sample in exposition(ours) if sample[3]]
+    assert ({"trace_id": trace_id, "span_id": f"{4:016x}"}, 0.003) in exemplars
 
 
 def test_stage_series_are_resolved_once_and_bounded() -> None:

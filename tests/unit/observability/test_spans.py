@@ -503,6 +503,33 @@ async def test_timeout_is_an_error_of_type_stageflow_timeout(
         assert timeout.status.description == "stage 'a' timed out after 0.01s"
 
 
+async def test_only_the_timeout_that_fired_reports_it(telemetry: InMemoryTelemetry) -> None:
+    # A pipeline-wide generous timeout around a stage's retried tight one: the same name twice.
+    outer = TimeoutInterceptor(HANG)
+    retry = RetryInterceptor(2, base_delay=0.0)
+    inner = TimeoutInterceptor(0.01)
+    graph = (
+        Pipeline("p")
+        .with_stage("a", hanging_stage, interceptors=[retry, inner])
+        .build(hooks=telemetry.hooks, interceptors=[outer])
+    )
+
+    await run_graph(graph)
+
+    outer_span, *inner_spans = telemetry.spans_named("interceptor timeout")[::-1]
+    assert parent_id(outer_span) == span_id(telemetry.span("stage.run a"))
+    # Not "error": the failure went through it. It ran the stage twice (through the retry).
+    assert attributes(outer_span)["stageflow.interceptor.action"] == "retry"
+    assert status_code(outer_span) is StatusCode.UNSET
+    assert "error.type" not in attributes(outer_span)
+    assert len(inner_spans) == 2  # one per attempt
+    for span in inner_spans:
+        assert attributes(span)["stageflow.interceptor.action"] == "error"
+        assert status_code(span) is StatusCode.ERROR
+    retry_span = telemetry.span("interceptor retry")
+    assert attributes(retry_span)["stageflow.interceptor.action"] == "retry"
+
+
 async def test_open_circuit_short_circuits_the_stage(telemetry: InMemoryTelemetry) -> None:
     breaker = CircuitBreakerInterceptor(failure_threshold=1, recovery_timeout=3600.0)
     graph = (
