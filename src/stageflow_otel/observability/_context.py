@@ -44,10 +44,24 @@ class RunRecord:
         return trace_hex, format(span_context.span_id, "016x")
 
 
+def trace_flags_text(span_context: trace.SpanContext) -> str:
+    """The W3C ``trace-flags`` of a span context: ``01`` when sampled, ``00`` when not."""
+    return "01" if span_context.trace_flags & 1 else "00"
+
+
 class StageRecord:
     """The telemetry state of one stage execution."""
 
-    __slots__ = ("claimed", "context", "hex_ids", "metric_stage", "name", "run", "span")
+    __slots__ = (
+        "claimed",
+        "context",
+        "hex_ids",
+        "metric_stage",
+        "name",
+        "run",
+        "span",
+        "trace_flags",
+    )
 
     def __init__(
         self, span: trace.Span, name: str, run: RunRecord, metric_stage: str, context: Any
@@ -58,6 +72,7 @@ class StageRecord:
         self.metric_stage = metric_stage
         self.context = context  # the OpenTelemetry context that makes ``span`` current
         self.hex_ids: tuple[str, str] | None = None
+        self.trace_flags = "00"
         # Failures and short circuits an interceptor span has reported (see ``hook._claim``).
         self.claimed: list[object] | None = None
 

@@ -37,7 +37,7 @@ from stageflow_otel.core.model import StageOutput, StageStatus
 from stageflow_otel.core.wide_events import error_type_of
 
 from . import attributes as attr
-from ._context import RunRecord, StageRecord, current_run, current_stage
+from ._context import RunRecord, StageRecord, current_run, current_stage, trace_flags_text
 from .logging import emit_canonical_line
 from .metrics import StageflowMetrics, StageSeries, observe_with_trace
 
@@ -260,6 +260,7 @@ class TelemetryHook(RunHook):
         record = StageRecord(span, name, run, series.label if series else name, context)
         if span_context.is_valid:
             record.hex_ids = run.hex_ids(span_context)
+            record.trace_flags = trace_flags_text(span_context)
         stage_token = current_stage.set(record)
         if metrics:
             run.active_series.inc()
@@ -543,7 +544,10 @@ class TelemetryHook(RunHook):
     # -- events ----------------------------------------------------------------------------
 
     def on_event(self, type: str, data: dict[str, Any]) -> None:
-        """Add trace ids to every event; turn ``stage.retrying`` into a span event and a count."""
+        """Add the trace context to every event; make ``stage.retrying`` a span event and a count.
+
+        The context is ``trace_id``, ``span_id`` and ``trace_flags`` (``01`` sampled, ``00`` not).
+        """
         stage_record = current_stage.get()
         if (
             stage_record is not None
@@ -551,10 +555,12 @@ class TelemetryHook(RunHook):
             and otel_context.get_current() is stage_record.context
         ):
             data["trace_id"], data["span_id"] = stage_record.hex_ids  # formatted once per stage
+            data["trace_flags"] = stage_record.trace_flags
         else:
             span_context = trace.get_current_span().get_span_context()
             if span_context.is_valid:
                 data["trace_id"], data["span_id"] = _hex_ids(span_context)
+                data["trace_flags"] = trace_flags_text(span_context)
         if type == "stage.retrying":
             stage = current_stage.get()
             if stage is not None:

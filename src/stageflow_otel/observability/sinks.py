@@ -2,7 +2,7 @@
 
 :class:`OtelLogEventSink` turns each lifecycle event into an OpenTelemetry log record
 (``event_name`` = the event type, body = the payload, attributes flattened, trace context from
-the payload's ``trace_id``/``span_id``) and exports it through any ``LogRecordExporter`` (OTLP,
+the payload's ``trace_id``/``span_id``/``trace_flags``) and exports it through any ``LogRecordExporter`` (OTLP,
 console, in-memory), or emits it through a ``LoggerProvider``, behind the bounded, batching
 queue of :class:`~stageflow_otel.core.backpressure.BackpressureAwareEventSink`. The record is
 built on the export thread, so the pipeline pays only for an enqueue.
@@ -130,22 +130,27 @@ def _timestamp_ns(raw: Any) -> int:
 
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_FLAGS = {"01": _SAMPLED, "00": TraceFlags(TraceFlags.DEFAULT)}
 
 
-def _context_of(data: Mapping[str, Any], cache: dict[tuple[str, str], Any]) -> Any:
-    """The trace context of a payload's ``trace_id``/``span_id``; ``None`` without them.
+def _context_of(data: Mapping[str, Any], cache: dict[tuple[str, str, Any], Any]) -> Any:
+    """The trace context of a payload's ``trace_id``/``span_id``/``trace_flags``.
 
-    ``cache`` maps id pairs to contexts already built: a stage's events share one.
+    ``None`` without ids; without ``trace_flags`` the context counts as sampled. ``cache`` maps id triples to contexts already built: a stage's events share one.
     """
     trace_id, span_id = data.get("trace_id"), data.get("span_id")
     if not (isinstance(trace_id, str) and isinstance(span_id, str)):
         return None
-    key = (trace_id, span_id)
+    flags = data.get("trace_flags")
+    key = (trace_id, span_id, flags)
     context = cache.get(key)
     if context is None:
         try:
             span_context = SpanContext(
-                int(trace_id, 16), int(span_id, 16), is_remote=False, trace_flags=_SAMPLED
+                int(trace_id, 16),
+                int(span_id, 16),
+                is_remote=False,
+                trace_flags=_FLAGS.get(flags, _SAMPLED) if isinstance(flags, str) else _SAMPLED,
             )
         except ValueError:
             return None
@@ -153,7 +158,7 @@ def _context_of(data: Mapping[str, Any], cache: dict[tuple[str, str], Any]) -> A
     return context
 
 
-_TRACE_KEYS = frozenset({"trace_id", "span_id"})
+_TRACE_KEYS = frozenset({"trace_id", "span_id", "trace_flags"})
 _INFO = (SeverityNumber.INFO, "INFO")
 _SEVERITY = {
     **dict.fromkeys(_ERROR_EVENTS, (SeverityNumber.ERROR, "ERROR")),
@@ -167,7 +172,7 @@ def event_to_log_record(type: str, data: Mapping[str, Any]) -> LogRecord:
 
 
 def _log_record(
-    type: str, data: Mapping[str, Any], contexts: dict[tuple[str, str], Any]
+    type: str, data: Mapping[str, Any], contexts: dict[tuple[str, str, Any], Any]
 ) -> LogRecord:
     severity, text = _SEVERITY.get(type, _INFO)
     # Lifecycle payloads are flat and primitive: one pass, no copies, unless they are not.
@@ -185,8 +190,8 @@ def _log_record(
             break
     if not flat:
         attributes = flatten_attributes(data)
-        attributes.pop("trace_id", None)
-        attributes.pop("span_id", None)
+        for key in _TRACE_KEYS:
+            attributes.pop(key, None)
     return LogRecord(
         timestamp=_timestamp_ns(data.get("timestamp")),
         observed_timestamp=time.time_ns(),
@@ -222,7 +227,7 @@ class _LogRecordExport:
         # Exporters' own HTTP/gRPC calls must not be traced (they would feed more exports).
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
-            contexts: dict[tuple[str, str], Any] = {}
+            contexts: dict[tuple[str, str, Any], Any] = {}
             records = [_log_record(event.type, event.data, contexts) for event in batch]
             if self.logger is not None:
                 for record in records:
@@ -322,6 +327,6 @@ class SpanEventSink:
         span = trace.get_current_span()
         if span.is_recording():
             attributes = flatten_attributes(data)
-            attributes.pop("trace_id", None)
-            attributes.pop("span_id", None)
+            for key in _TRACE_KEYS:
+                attributes.pop(key, None)
             span.add_event(type, attributes)

@@ -18,8 +18,12 @@ from opentelemetry.sdk._logs.export import (
     LogRecordExportResult,
     SimpleLogRecordProcessor,
 )
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
+from prometheus_client import CollectorRegistry
 
-from stageflow_otel import CollectingEventSink, Pipeline, StageGraph
+from stageflow_otel import CollectingEventSink, FanOutEventSink, Pipeline, StageGraph
+from stageflow_otel.observability import Telemetry
 from stageflow_otel.observability.sinks import SpanEventSink, event_to_log_record
 from stageflow_otel.testing import InMemoryTelemetry, in_memory_telemetry
 from tests.support.servers import wait_until
@@ -374,3 +378,38 @@ def test_other_timestamps_are_parsed_or_replaced_by_now() -> None:
         record = event_to_log_record("x", {"timestamp": bad})
         assert record.timestamp is not None, bad
         assert record.timestamp >= before, bad
+
+
+@pytest.mark.parametrize("sampled", [True, False], ids=["sampled", "unsampled"])
+async def test_log_records_carry_the_sampled_flag_of_their_span(
+    sampled: bool, events: CollectingEventSink
+) -> None:
+    exporter = new_log_exporter()
+    provider = TracerProvider(sampler=ALWAYS_ON if sampled else ALWAYS_OFF)
+    telemetry = Telemetry(
+        tracer_provider=provider,
+        registry=CollectorRegistry(),
+        event_exporter=exporter,
+        canonical_logs=False,
+    )
+    sink = telemetry.event_sink
+    assert sink is not None
+    try:
+        graph = Pipeline("p").with_stage("a", ok_stage).build(hooks=telemetry.hooks)
+        await run_graph(graph, event_sink=FanOutEventSink([events, sink]))
+        assert telemetry.force_flush(timeout=HANG)
+    finally:
+        telemetry.shutdown()
+
+    flags = "01" if sampled else "00"
+    assert [e.data["trace_flags"] for e in events.events] == [flags] * 4
+    records = [item.log_record for item in exporter.get_finished_logs()]
+    assert len(records) == 4
+    for record, event in zip(records, events.events, strict=True):
+        # The ids are there either way (logs of one request stay correlated) ...
+        assert format(record.trace_id or 0, "032x") == event.data["trace_id"]
+        assert format(record.span_id or 0, "016x") == event.data["span_id"]
+        # ... but only a sampled span's records claim a trace a backend will have.
+        assert record.trace_flags is not None
+        assert record.trace_flags.sampled is sampled
+        assert "trace_flags" not in (record.attributes or {})
