@@ -133,24 +133,24 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _FLAGS = {"01": _SAMPLED, "00": TraceFlags(TraceFlags.DEFAULT)}
 
 
-def _context_of(data: Mapping[str, Any], cache: dict[tuple[str, str, Any], Any]) -> Any:
+def _context_of(data: Mapping[str, Any], cache: dict[tuple[str, str, str], Any]) -> Any:
     """The trace context of a payload's ``trace_id``/``span_id``/``trace_flags``.
 
-    ``None`` without ids; without ``trace_flags`` the context counts as sampled. ``cache`` maps id triples to contexts already built: a stage's events share one.
+    ``None`` without ids; without ``trace_flags`` the context counts as sampled. ``cache``
+    maps id triples to contexts already built: a stage's events share one.
     """
     trace_id, span_id = data.get("trace_id"), data.get("span_id")
     if not (isinstance(trace_id, str) and isinstance(span_id, str)):
         return None
     flags = data.get("trace_flags")
+    if not isinstance(flags, str) or flags not in _FLAGS:
+        flags = "01"
     key = (trace_id, span_id, flags)
     context = cache.get(key)
     if context is None:
         try:
             span_context = SpanContext(
-                int(trace_id, 16),
-                int(span_id, 16),
-                is_remote=False,
-                trace_flags=_FLAGS.get(flags, _SAMPLED) if isinstance(flags, str) else _SAMPLED,
+                int(trace_id, 16), int(span_id, 16), is_remote=False, trace_flags=_FLAGS[flags]
             )
         except ValueError:
             return None
@@ -172,7 +172,7 @@ def event_to_log_record(type: str, data: Mapping[str, Any]) -> LogRecord:
 
 
 def _log_record(
-    type: str, data: Mapping[str, Any], contexts: dict[tuple[str, str, Any], Any]
+    type: str, data: Mapping[str, Any], contexts: dict[tuple[str, str, str], Any]
 ) -> LogRecord:
     severity, text = _SEVERITY.get(type, _INFO)
     # Lifecycle payloads are flat and primitive: one pass, no copies, unless they are not.
@@ -227,7 +227,7 @@ class _LogRecordExport:
         # Exporters' own HTTP/gRPC calls must not be traced (they would feed more exports).
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
-            contexts: dict[tuple[str, str, Any], Any] = {}
+            contexts: dict[tuple[str, str, str], Any] = {}
             records = [_log_record(event.type, event.data, contexts) for event in batch]
             if self.logger is not None:
                 for record in records:

@@ -413,3 +413,14 @@ async def test_log_records_carry_the_sampled_flag_of_their_span(
         assert record.trace_flags is not None
         assert record.trace_flags.sampled is sampled
         assert "trace_flags" not in (record.attributes or {})
+
+
+@pytest.mark.parametrize("flags", [None, "zz", ["01"], 1])
+def test_a_payload_without_usable_trace_flags_counts_as_sampled(flags: Any) -> None:
+    data = {"trace_id": "1" * 32, "span_id": "2" * 16}
+    if flags is not None:
+        data["trace_flags"] = flags
+    record = event_to_log_record("custom", data)
+    assert (record.trace_id, record.span_id) == (int("1" * 32, 16), int("2" * 16, 16))
+    assert record.trace_flags is not None
+    assert record.trace_flags.sampled
