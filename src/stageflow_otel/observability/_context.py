@@ -35,13 +35,18 @@ class RunRecord:
         self.queue_wait_series: Any = None
         span_context = span.get_span_context()
         self.trace_id = span_context.trace_id
-        self.trace_hex = format(span_context.trace_id, "032x")
+        self.trace_hex = hex_ids(span_context)[0]
 
     def hex_ids(self, span_context: trace.SpanContext) -> tuple[str, str]:
-        """``(trace_id, span_id)`` in hex; the run's trace id is formatted once per run."""
-        trace_id = span_context.trace_id
-        trace_hex = self.trace_hex if trace_id == self.trace_id else format(trace_id, "032x")
-        return trace_hex, format(span_context.span_id, "016x")
+        """:func:`hex_ids`, with the run's trace id formatted once per run."""
+        if span_context.trace_id != self.trace_id:
+            return hex_ids(span_context)
+        return self.trace_hex, format(span_context.span_id, "016x")
+
+
+def hex_ids(span_context: trace.SpanContext) -> tuple[str, str]:
+    """``(trace_id, span_id)`` as the hex strings events, exemplars and log lines carry."""
+    return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
 
 
 def trace_flags_text(span_context: trace.SpanContext) -> str:

@@ -37,7 +37,14 @@ from stageflow_otel.core.model import StageOutput, StageStatus
 from stageflow_otel.core.wide_events import error_type_of
 
 from . import attributes as attr
-from ._context import RunRecord, StageRecord, current_run, current_stage, trace_flags_text
+from ._context import (
+    RunRecord,
+    StageRecord,
+    current_run,
+    current_stage,
+    hex_ids,
+    trace_flags_text,
+)
 from .logging import emit_canonical_line
 from .metrics import StageflowMetrics, StageSeries, observe_with_trace
 
@@ -54,15 +61,11 @@ _propagator = TraceContextTextMapPropagator()
 _perf = time.perf_counter
 
 
-def _hex_ids(span_context: trace.SpanContext) -> tuple[str, str]:
-    return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
-
-
 def _trace_fields(span_context: trace.SpanContext) -> dict[str, str]:
     """``trace_id``/``span_id`` for a log line; nothing when tracing is off."""
     if not span_context.is_valid:
         return {}
-    trace_id, span_id = _hex_ids(span_context)
+    trace_id, span_id = hex_ids(span_context)
     return {"trace_id": trace_id, "span_id": span_id}
 
 
@@ -559,7 +562,7 @@ class TelemetryHook(RunHook):
         else:
             span_context = trace.get_current_span().get_span_context()
             if span_context.is_valid:
-                data["trace_id"], data["span_id"] = _hex_ids(span_context)
+                data["trace_id"], data["span_id"] = hex_ids(span_context)
                 data["trace_flags"] = trace_flags_text(span_context)
         if type == "stage.retrying":
             stage = current_stage.get()

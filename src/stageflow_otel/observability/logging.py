@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import structlog
 from opentelemetry import trace
 
-from ._context import current_run, current_stage
+from ._context import current_run, current_stage, hex_ids
 
 __all__ = ("add_stageflow_context", "configure_logging", "emit_canonical_line", "get_logger")
 
@@ -48,8 +48,7 @@ def add_stageflow_context(
         if "trace_id" not in event_dict:
             span_context = trace.get_current_span().get_span_context()
             if span_context.is_valid:
-                event_dict["trace_id"] = format(span_context.trace_id, "032x")
-                event_dict["span_id"] = format(span_context.span_id, "016x")
+                event_dict["trace_id"], event_dict["span_id"] = hex_ids(span_context)
     except Exception:  # a log processor must never break the caller
         return event_dict
     return event_dict

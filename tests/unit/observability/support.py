@@ -10,6 +10,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from prometheus_client import CollectorRegistry
 
 from stageflow_otel import (
+    Pipeline,
     PipelineCancelled,
     PipelineResults,
     StageContext,
@@ -49,6 +50,20 @@ async def raising_stage(ctx: StageContext) -> None:
 async def hanging_stage(ctx: StageContext) -> None:
     """Waits until cancelled."""
     await anyio.sleep_forever()
+
+
+GEO = (
+    Pipeline("geo")
+    .with_stage("lookup", ok_stage)
+    .with_stage("score", ok_stage, dependencies=["lookup"])
+)
+"""A two-stage child pipeline for subpipeline tests."""
+
+
+async def spawn_geo(ctx: StageContext) -> dict[str, Any]:
+    """Runs :data:`GEO` as a subpipeline."""
+    result = await ctx.spawn_subpipeline(GEO)
+    return {"child_ok": result.success}
 
 
 def hex_ids(span: ReadableSpan) -> tuple[str, str]:

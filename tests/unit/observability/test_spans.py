@@ -36,21 +36,10 @@ from .support import (
     raising_stage,
     run_graph,
     span_id,
+    spawn_geo,
 )
 
 pytestmark = pytest.mark.anyio
-
-GEO = (
-    Pipeline("geo")
-    .with_stage("lookup", ok_stage)
-    .with_stage("score", ok_stage, dependencies=["lookup"])
-)
-
-
-async def spawn_geo(ctx: StageContext) -> dict[str, Any]:
-    result = await ctx.spawn_subpipeline(GEO)
-    return {"child_ok": result.success}
-
 
 DIAMOND = (
     Pipeline("checkout")
