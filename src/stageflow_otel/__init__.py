@@ -7,6 +7,8 @@ Prometheus metrics and structured logs, through ``stageflow_otel.observability``
 
 from __future__ import annotations
 
+import logging as _logging
+
 from ._version import package_version as _package_version
 from .core import BackpressureAwareEventSink as BackpressureAwareEventSink
 from .core import BackpressureStatistics as BackpressureStatistics
@@ -75,6 +77,11 @@ from .tools import UndoStore as UndoStore
 from .tools import tool as tool
 
 __version__ = _package_version()
+
+# Silent unless the application configures logging: records of every ``stageflow_otel.*``
+# logger reach the application's handlers, and with none, the NullHandler (not Python's
+# last-resort handler, which would write warnings to standard error).
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 __all__ = (
     "ApprovalService",

@@ -54,10 +54,19 @@ off the event loop; ``try_emit`` returns ``None`` (read ``statistics()`` instead
 drops log one warning per interval instead of one per event; ``emit`` waits only under the
 ``block`` policy and only up to ``block_timeout``; exported and failed events are counted;
 events emitted after shutdown are counted as dropped instead of restarting the sink.
+
+At interpreter exit:
+    A started sink drains at exit: an ``atexit`` handler, registered when the worker starts,
+    calls :meth:`BackpressureAwareEventSink.shutdown` with ``exit_timeout``, so a short
+    script's last events are exported, and a dead downstream delays exit by at most that
+    long. The handler is registered after the OpenTelemetry providers the downstream may
+    write to, so it runs before their own exit handlers flush them.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
 import math
 import os
@@ -266,6 +275,8 @@ class BackpressureAwareEventSink:
             durations (waits always use real time).
         backend: Event loop backend (``asyncio`` or ``trio``) of the worker thread for an
             async sink; by default that of the code that starts the sink, else asyncio.
+        exit_timeout: Seconds a started sink may take to export its queue at interpreter
+            exit; ``None``: no drain at exit (queued events are lost).
 
     Raises:
         ValueError: For an invalid size, interval, timeout or policy.
@@ -295,6 +306,7 @@ class BackpressureAwareEventSink:
         warn_interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         backend: str | None = None,
+        exit_timeout: float | None = 5.0,
     ) -> None:
         if max_queue_size < 1:
             raise ValueError(f"max_queue_size must be at least 1, got {max_queue_size}")
@@ -346,6 +358,16 @@ class BackpressureAwareEventSink:
         self._on_drop = on_drop
         self._listener = listener
         self._on_export = on_export
+        if exit_timeout is not None and not (
+            isinstance(exit_timeout, int | float)
+            and not isinstance(exit_timeout, bool)
+            and 0 < exit_timeout < math.inf
+        ):
+            raise ValueError(
+                f"exit_timeout must be a positive number of seconds or None, got {exit_timeout!r}"
+            )
+        self._exit_timeout = exit_timeout
+        self._exit_handler: Callable[[], None] | None = None
         self._init_state(closing=False)
         _register_fork_handler(self)
 
@@ -524,6 +546,9 @@ class BackpressureAwareEventSink:
                 self._backend = "asyncio"
         self._next_flush = time.monotonic() + self._flush_interval
         self._worker = self._spawn(self._work, "")
+        if self._exit_timeout is not None and self._exit_handler is None:
+            self._exit_handler = functools.partial(_drain_at_exit, weakref.ref(self))
+            atexit.register(self._exit_handler)
 
     def _spawn(self, target: Callable[[], None], role: str) -> threading.Thread:
         thread = threading.Thread(
@@ -584,6 +609,9 @@ class BackpressureAwareEventSink:
         deadline = time.monotonic() + max(timeout, 0.0)
         cleared: list[QueuedEvent] = []
         abandoned: _Export | None = None
+        handler, self._exit_handler = self._exit_handler, None
+        if handler is not None:
+            atexit.unregister(handler)
         with self._lock:
             if self._closing:
                 return bool(self._shutdown_result)
@@ -1003,3 +1031,14 @@ def _register_fork_handler(sink: BackpressureAwareEventSink) -> None:
             method()
 
     os.register_at_fork(after_in_child=reinit)
+
+
+def _drain_at_exit(ref: weakref.ReferenceType[BackpressureAwareEventSink]) -> None:
+    """The ``atexit`` handler of a started sink: export what is queued, within its timeout."""
+    sink = ref()
+    if sink is None or sink._exit_timeout is None:
+        return
+    try:
+        sink.shutdown(timeout=sink._exit_timeout)
+    except Exception:  # exit goes on whatever the downstream does
+        logger.exception("event sink %r failed to drain at exit", sink.name)

@@ -14,6 +14,7 @@ class RunRecord:
     __slots__ = (
         "active_series",
         "base_attributes",
+        "canonical",
         "metric_pipeline",
         "pipeline",
         "queue_wait_series",
@@ -33,6 +34,7 @@ class RunRecord:
         self.base_attributes: dict[str, Any] = {}
         self.active_series: Any = None
         self.queue_wait_series: Any = None
+        self.canonical: Any = None  # the run's ``CanonicalLog``, when canonical lines are on
         span_context = span.get_span_context()
         self.trace_id = span_context.trace_id
         self.trace_hex = hex_ids(span_context)[0]

@@ -45,7 +45,7 @@ from ._context import (
     hex_ids,
     trace_flags_text,
 )
-from .logging import emit_canonical_line
+from .logging import CanonicalLog
 from .metrics import StageflowMetrics, StageSeries, observe_with_trace
 
 __all__ = ("Redactor", "TelemetryHook")
@@ -166,6 +166,7 @@ class TelemetryHook(RunHook):
         metric_pipeline = metrics.pipeline_label(run.pipeline) if metrics else run.pipeline
         record = RunRecord(span, run.pipeline, run.run_id, metric_pipeline)
         record.base_attributes = base
+        canonical = record.canonical = CanonicalLog() if self.canonical_logs else None
         token = otel_context.attach(trace.set_span_in_context(span))
         run_token = current_run.set(record)
         if metrics:
@@ -204,8 +205,8 @@ class TelemetryHook(RunHook):
                     metrics.pipeline_active.labels(metric_pipeline).dec()
                     metrics.pipeline_runs.labels(metric_pipeline, status).inc()
                     metrics.pipeline_duration.labels(metric_pipeline, status).observe(duration)
-                if self.canonical_logs:
-                    emit_canonical_line(
+                if canonical is not None and canonical.enabled(status == "fail"):
+                    canonical.write(
                         "pipeline.wide",
                         {
                             "pipeline": run.pipeline,
@@ -338,8 +339,9 @@ class TelemetryHook(RunHook):
             else:
                 durations.observe(duration)
             run.active_series.dec()
-        if self.canonical_logs:
-            emit_canonical_line(
+        canonical = run.canonical
+        if canonical is not None and canonical.enabled(status is StageStatus.FAIL):
+            canonical.write(
                 "stage.wide",
                 {
                     "pipeline": run.pipeline,

@@ -6,13 +6,21 @@ extension registry (``stageflow_otel.core.extensions.default_extensions``): ever
 without explicit ``hooks`` then uses it. Explicit ``hooks=`` always win. Nothing is patched.
 
 Honours ``OTEL_SDK_DISABLED=true`` and ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` (``stageflow``
-or ``*``), also for the :func:`instrument` one-liner.
+or ``*``), also for the :func:`instrument` one-liner, and ``OTEL_LOGS_EXPORTER=none`` (no
+lifecycle events are exported as log records then).
+
+Instrumenting never breaks the application's start-up: it is all or nothing. When anything
+fails (an invalid ``STAGEFLOW_OTEL_*`` variable, a ``/metrics`` port that cannot be bound, a
+registry that already holds stageflow metrics), nothing stays installed, registered or
+started, and one :class:`InstrumentationWarning` names the cause; other instrumentations load
+as usual.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Collection
 from typing import Any
 
@@ -24,7 +32,13 @@ from stageflow_otel.core.extensions import default_extensions
 
 from .telemetry import Telemetry
 
-__all__ = ("EXTENSION_KEY", "StageflowInstrumentor", "instrument", "uninstrument")
+__all__ = (
+    "EXTENSION_KEY",
+    "InstrumentationWarning",
+    "StageflowInstrumentor",
+    "instrument",
+    "uninstrument",
+)
 
 logger = logging.getLogger("stageflow_otel.instrumentation")
 
@@ -42,8 +56,18 @@ def _disabled_by_environment() -> str | None:
     return None
 
 
+class InstrumentationWarning(RuntimeWarning):
+    """Instrumentation could not be installed; the message says why. The application runs on."""
+
+
 def _configured_logger_provider() -> Any:
-    """The global logger provider, when an SDK one has been configured."""
+    """The global logger provider, when an SDK one exports somewhere.
+
+    ``OTEL_LOGS_EXPORTER=none`` means no log export was asked for: then ``None``, and no
+    event sink is built.
+    """
+    if os.environ.get("OTEL_LOGS_EXPORTER", "").strip().lower() == "none":
+        return None
     try:
         from opentelemetry._logs import get_logger_provider
         from opentelemetry.sdk._logs import LoggerProvider
@@ -68,12 +92,19 @@ class StageflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         return ()
 
     def instrument(self, **kwargs: Any) -> None:
-        """Instrument, unless the environment disables it (then nothing is marked done)."""
+        """Instrument, unless the environment disables it (then nothing is marked done).
+
+        Never raises for a failure of its own: see the module documentation.
+        """
         reason = _disabled_by_environment()
         if reason is not None:
             logger.info("stageflow instrumentation disabled by %s", reason)
             return
         super().instrument(**kwargs)
+        if self._telemetry is None:
+            # Installing failed: leave the instrumentor uninstrumented, so that a later
+            # instrument() tries again and uninstrument() has nothing to undo.
+            self._is_instrumented_by_opentelemetry = False
 
     @property
     def telemetry(self) -> Telemetry | None:
@@ -83,22 +114,35 @@ class StageflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         serve = kwargs.pop("serve_metrics", None)
         kwargs.pop("skip_dep_check", None)
-        if kwargs.get("logger_provider") is None:
-            kwargs["logger_provider"] = _configured_logger_provider()
+        telemetry: Telemetry | None = None
         try:
+            if kwargs.get("logger_provider") is None:
+                kwargs["logger_provider"] = _configured_logger_provider()
             telemetry = Telemetry(**kwargs)
-        except ValueError as exc:
-            # A malformed STAGEFLOW_OTEL_* variable must not break the application's start-up.
-            logger.error("stageflow instrumentation not installed: %s", exc)
+            if serve if serve is not None else telemetry.settings.serve_metrics:
+                server = telemetry.serve_metrics(fallback=True)
+                if server.fallback_from is not None:
+                    logger.info(
+                        "stageflow metrics served on %s (port %d is busy)",
+                        server.url,
+                        server.fallback_from,
+                    )
+                else:
+                    logger.info("stageflow metrics served on %s", server.url)
+            default_extensions.install(
+                EXTENSION_KEY,
+                hooks=telemetry.hooks,
+                event_sinks=() if telemetry.event_sink is None else (telemetry.event_sink,),
+            )
+        except Exception as exc:
+            if telemetry is not None:
+                _discard(telemetry)
+            warnings.warn(
+                f"stageflow instrumentation not installed: {exc}",
+                InstrumentationWarning,
+                stacklevel=4,
+            )
             return
-        default_extensions.install(
-            EXTENSION_KEY,
-            hooks=telemetry.hooks,
-            event_sinks=() if telemetry.event_sink is None else (telemetry.event_sink,),
-        )
-        if serve if serve is not None else telemetry.settings.serve_metrics:
-            server = telemetry.serve_metrics()
-            logger.info("stageflow metrics served on %s", server.url)
         self._telemetry = telemetry
 
     def _uninstrument(self, **kwargs: Any) -> None:
@@ -106,6 +150,17 @@ class StageflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         telemetry, self._telemetry = self._telemetry, None
         if telemetry is not None:
             telemetry.shutdown(timeout=float(kwargs.get("timeout", 5.0)))
+            if telemetry.metrics is not None:
+                telemetry.metrics.unregister()
+
+
+def _discard(telemetry: Telemetry) -> None:
+    """Undo a half-made installation: servers, event export, registered metrics."""
+    try:
+        telemetry.shutdown(timeout=0.1)
+    finally:
+        if telemetry.metrics is not None:
+            telemetry.metrics.unregister()
 
 
 def instrument(**kwargs: Any) -> Telemetry | None:

@@ -8,6 +8,7 @@ warning), and ``error_type`` keeps only known types (see :data:`KNOWN_ERROR_TYPE
 from __future__ import annotations
 
 import builtins
+import contextlib
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from stageflow_otel._version import package_version
 __all__ = (
     "DURATION_BUCKETS",
     "KNOWN_ERROR_TYPES",
+    "MetricsServeError",
     "MetricsServer",
     "StageSeries",
     "StageflowMetrics",
@@ -95,7 +97,7 @@ class StageflowMetrics:
         self._warned: set[str] = set()
         self._stage_series: dict[tuple[str, str], StageSeries] = {}
         self._interceptor_series: dict[str, Any] = {}
-        reg = self.registry
+        reg = None  # registered below, all or none
         b = DURATION_BUCKETS
         self.pipeline_runs = Counter(
             "stageflow_pipeline_runs", "Pipeline runs by final status.",
@@ -175,6 +177,28 @@ class StageflowMetrics:
             ("version",), registry=reg,
         )  # fmt: skip
         self.build_info.labels(version=package_version()).set(1)
+        self._collectors = tuple(
+            value for value in vars(self).values() if isinstance(value, Counter | Gauge | Histogram)
+        )
+        registered: list[Any] = []
+        try:
+            for collector in self._collectors:
+                self.registry.register(collector)
+                registered.append(collector)
+        except ValueError as exc:
+            for collector in registered:
+                self.registry.unregister(collector)
+            raise ValueError(
+                f"the registry already holds stageflow metrics ({exc}); another Telemetry "
+                "registered them: shut it down (uninstrument() for the instrumentor's), or pass "
+                "another CollectorRegistry"
+            ) from None
+
+    def unregister(self) -> None:
+        """Remove these metrics from their registry (a later ``StageflowMetrics`` may use it)."""
+        for collector in self._collectors:
+            with contextlib.suppress(KeyError):  # already removed
+                self.registry.unregister(collector)
 
     # -- label guards --------------------------------------------------------------------------
 
@@ -304,14 +328,39 @@ def observe_with_trace(child: Any, amount: float, trace_id: str, span_id: str) -
             return
 
 
+class MetricsServeError(OSError):
+    """``/metrics`` cannot be served on an address and port.
+
+    ``errno`` and ``strerror`` are those of the failed bind; the message names the address, the
+    port and, when the port came from the environment, the variable.
+    """
+
+    def __init__(
+        self, address: str, port: int, cause: OSError, *, variable: str | None = None
+    ) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.address = address
+        self.port = port
+        self.variable = variable
+
+    def __str__(self) -> str:
+        source = f" ({self.variable})" if self.variable else ""
+        return f"cannot serve /metrics on {self.address}:{self.port}{source}: {self.strerror}"
+
+
 @dataclass
 class MetricsServer:
-    """A running ``/metrics`` endpoint; ``close()`` stops it."""
+    """A running ``/metrics`` endpoint; ``close()`` stops it.
+
+    Attributes:
+        fallback_from: The busy default port this server stands in for, if it does.
+    """
 
     host: str
     port: int
     _server: Any
     _thread: threading.Thread
+    fallback_from: int | None = None
 
     @property
     def url(self) -> str:

@@ -31,6 +31,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from stageflow_otel._version import package_version
 from stageflow_otel.core.backpressure import BackpressureAwareEventSink, QueuedEvent
 
+from .config import ERROR_EVENTS, EventSelection
+
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import LogRecordExporter
@@ -46,6 +48,7 @@ _ERROR_EVENTS = frozenset(
     {"stage.failed", "pipeline.failed", "tool.failed", "pipeline.child_failed"}
 )
 _WARN_EVENTS = frozenset({"stage.cancelled", "pipeline.cancelled", "tool.denied"})
+assert _ERROR_EVENTS | _WARN_EVENTS <= ERROR_EVENTS  # events="errors" keeps every non-INFO event
 _PRIMITIVE = (str, bool, int, float)
 
 
@@ -260,6 +263,9 @@ class OtelLogEventSink(BackpressureAwareEventSink):
         resource: The resource of exported records (default: the provider's, else empty).
         metrics: Feed ``stageflow_sink_*`` metrics (label ``sink=name``).
         name: The sink's name.
+        events: Which events to export (an :class:`~stageflow_otel.observability.config.EventSelection`,
+            or ``"all"``, ``"errors"``, ``"none"`` or event types); the others are ignored
+            before they reach the queue.
         **options: Queue settings of ``BackpressureAwareEventSink`` (``max_queue_size``,
             ``max_batch_size``, ``flush_interval``, ``policy``, ``export_timeout``, ...).
     """
@@ -272,14 +278,20 @@ class OtelLogEventSink(BackpressureAwareEventSink):
         resource: Resource | None = None,
         metrics: StageflowMetrics | None = None,
         name: str = "otel_logs",
+        events: EventSelection | str | Sequence[str] = "all",
         **options: Any,
     ) -> None:
         if exporter is None and logger_provider is None:
             raise ValueError("OtelLogEventSink needs an exporter or a logger_provider")
+        self.events = events if isinstance(events, EventSelection) else EventSelection.parse(events)
+        if not self.events.everything:
+            # Shadows the method on this instance only: with every event selected, emitting
+            # costs no extra call.
+            self.try_emit = self._try_emit_selected  # type: ignore[method-assign]
         if metrics is not None:
-            events = metrics.sink_events
+            counter = metrics.sink_events
             children = {
-                result: events.labels(name, result)
+                result: counter.labels(name, result)
                 for result in (
                     "exported",
                     "dropped_queue_full",
@@ -307,6 +319,15 @@ class OtelLogEventSink(BackpressureAwareEventSink):
             metrics.sink_queue_size.labels(name).set_function(
                 lambda: float(self.statistics().queue_size)
             )
+
+    def _try_emit_selected(self, *, type: str, data: Mapping[str, Any]) -> None:
+        if type in self.events:
+            BackpressureAwareEventSink.try_emit(self, type=type, data=data)
+
+    async def emit(self, *, type: str, data: Mapping[str, Any]) -> None:
+        """Queue the event if it is one of :attr:`events` (see ``BackpressureAwareEventSink``)."""
+        if type in self.events:
+            await super().emit(type=type, data=data)
 
 
 class SpanEventSink:

@@ -12,9 +12,9 @@ from stageflow_otel._version import package_version
 from stageflow_otel.core.events import EventSink
 from stageflow_otel.core.interceptors import RunHook
 
-from .config import Settings
+from .config import METRICS_PORT, EventSelection, Settings
 from .hook import Redactor, TelemetryHook
-from .metrics import MetricsServer, StageflowMetrics, serve_metrics
+from .metrics import MetricsServeError, MetricsServer, StageflowMetrics, serve_metrics
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -56,8 +56,20 @@ class Telemetry:
         redact: ``redact(key, value)`` runs before any opted-in value is recorded.
         max_stage_names: Distinct stage names per pipeline kept as metric labels.
         extra_error_types: More ``error_type`` metric label values to keep.
+        events: Which lifecycle events become log records: ``"all"``, ``"errors"``
+            (failures, cancellations, denials and retries), ``"none"``, or event types such as
+            ``["stage.failed", "tool.*"]`` (default from ``STAGEFLOW_OTEL_EVENTS``, else all).
+            With none selected no event sink is made.
+        exit_timeout: Seconds queued events may take to export at interpreter exit (default
+            from ``STAGEFLOW_OTEL_EXIT_TIMEOUT``, else 5).
         sink_options: Keyword arguments for the event export queue
             (``max_queue_size``, ``policy``, ...).
+
+    Raises:
+        ValueError: A ``STAGEFLOW_OTEL_*`` variable or an argument is invalid, or
+            ``registry`` already holds another ``Telemetry``'s metrics. Nothing stays
+            registered or started then.
+        TypeError: An argument has the wrong type.
     """
 
     def __init__(
@@ -76,9 +88,24 @@ class Telemetry:
         redact: Redactor | None = None,
         max_stage_names: int | None = None,
         extra_error_types: Iterable[str] = (),
+        events: str | Iterable[str] | EventSelection | None = None,
+        exit_timeout: float | None = None,
         sink_options: dict[str, Any] | None = None,
     ) -> None:
+        _check_arguments(
+            registry=registry,
+            max_stage_names=max_stage_names,
+            redact=redact,
+            sink_options=sink_options,
+        )
         settings = Settings.from_env()
+        if events is None:
+            selection = settings.events
+        elif isinstance(events, EventSelection):
+            selection = events
+        else:
+            selection = EventSelection.parse(events)
+        self.events = selection
         self.settings = settings
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
@@ -107,29 +134,71 @@ class Telemetry:
             redact=redact,
         )
         self.event_sink: EventSink | None = None
-        if event_exporter is not None or logger_provider is not None:
+        self._servers: list[MetricsServer] = []
+        if (event_exporter is not None or logger_provider is not None) and not selection.nothing:
             from .sinks import OtelLogEventSink
 
-            self.event_sink = OtelLogEventSink(
-                exporter=event_exporter,
-                logger_provider=logger_provider,
-                metrics=self.metrics,
-                **(sink_options or {}),
+            options = dict(sink_options or {})
+            options.setdefault(
+                "exit_timeout", settings.exit_timeout if exit_timeout is None else exit_timeout
             )
-        self._servers: list[MetricsServer] = []
+            try:
+                self.event_sink = OtelLogEventSink(
+                    exporter=event_exporter,
+                    logger_provider=logger_provider,
+                    metrics=self.metrics,
+                    events=selection,
+                    **options,
+                )
+            except BaseException:
+                if self.metrics is not None:
+                    self.metrics.unregister()
+                raise
 
     @property
     def hooks(self) -> tuple[RunHook, ...]:
         """The run hooks to pass to ``build``/``run``."""
         return (self.hook,)
 
-    def serve_metrics(self, port: int | None = None, addr: str | None = None) -> MetricsServer:
-        """Serve this telemetry's registry on ``/metrics`` (127.0.0.1 unless told otherwise)."""
-        server = serve_metrics(
-            self.settings.metrics_port if port is None else port,
-            self.settings.metrics_addr if addr is None else addr,
-            registry=self.registry,
-        )
+    def serve_metrics(
+        self, port: int | None = None, addr: str | None = None, *, fallback: bool = False
+    ) -> MetricsServer:
+        """Serve this telemetry's registry on ``/metrics`` (127.0.0.1 unless told otherwise).
+
+        Args:
+            port: The port; ``STAGEFLOW_OTEL_METRICS_PORT`` (else 9464) by default; 0 picks
+                any free port.
+            addr: The address; ``STAGEFLOW_OTEL_METRICS_ADDR`` (else 127.0.0.1) by default.
+            fallback: When the *default* port (neither ``port`` nor the variable set) is busy,
+                serve on any free port instead; ``server.fallback_from`` then names the busy
+                port. An explicit port that cannot be bound still raises.
+
+        Raises:
+            ValueError: ``port`` is not an integer from 0 to 65535.
+            OSError: The address or port cannot be bound.
+        """
+        explicit = port is not None or self.settings.metrics_port_explicit
+        chosen = self.settings.metrics_port if port is None else port
+        if isinstance(chosen, bool) or not isinstance(chosen, int) or not 0 <= chosen <= 65535:
+            raise ValueError(
+                f"port must be an integer from 0 to 65535 (0: any free port), got {chosen!r}"
+            )
+        address = self.settings.metrics_addr if addr is None else addr
+        try:
+            try:
+                server = serve_metrics(chosen, address, registry=self.registry)
+            except OSError:
+                if explicit or not fallback or chosen == 0:
+                    raise
+                server = serve_metrics(0, address, registry=self.registry)
+                server.fallback_from = chosen
+        except OSError as exc:
+            raise MetricsServeError(
+                address,
+                chosen,
+                exc,
+                variable=METRICS_PORT if port is None and explicit else None,
+            ) from exc
         self._servers.append(server)
         return server
 
@@ -139,7 +208,10 @@ class Telemetry:
         return bool(flush(timeout=timeout)) if flush is not None else True
 
     def shutdown(self, timeout: float = 5.0) -> bool:
-        """Flush and stop the event export and any ``/metrics`` server started here."""
+        """Flush and stop the event export and any ``/metrics`` server started here.
+
+        The metrics stay registered (a last scrape still reads them).
+        """
         ok = True
         shutdown = getattr(self.event_sink, "shutdown", None)
         if shutdown is not None:
@@ -148,3 +220,27 @@ class Telemetry:
             server.close()
         self._servers.clear()
         return ok
+
+
+def _check_arguments(
+    *,
+    registry: object,
+    max_stage_names: object,
+    redact: object,
+    sink_options: object,
+) -> None:
+    """Reject arguments of the wrong type or range before anything is registered."""
+    if registry is not None and not isinstance(registry, CollectorRegistry):
+        raise TypeError(
+            f"registry must be a prometheus_client CollectorRegistry, got {type(registry).__name__}"
+        )
+    if max_stage_names is not None and (
+        isinstance(max_stage_names, bool)
+        or not isinstance(max_stage_names, int)
+        or max_stage_names < 1
+    ):
+        raise ValueError(f"max_stage_names must be an integer >= 1, got {max_stage_names!r}")
+    if redact is not None and not callable(redact):
+        raise TypeError(f"redact must be a callable redact(key, value), got {redact!r}")
+    if sink_options is not None and not isinstance(sink_options, dict):
+        raise TypeError(f"sink_options must be a dict of queue settings, got {sink_options!r}")

@@ -83,10 +83,18 @@ async def test_instrument_round_trip(provider: tuple[TracerProvider, InMemorySpa
     await run_graph(PIPELINE.build())
 
     assert exporter.get_finished_spans() == ()
-    assert registry.get_sample_value("stageflow_pipeline_runs_total", runs) == 1.0
+    # Uninstrumenting removes the metrics from the registry, so it can be instrumented again.
+    assert registry.get_sample_value("stageflow_pipeline_runs_total", runs) is None
     assert default_extensions.hooks == ()
     # The process-wide provider was never touched.
     assert not isinstance(trace.get_tracer_provider(), TracerProvider)
+
+    again = instrument(tracer_provider=tracer_provider, registry=registry)
+    await run_graph(graph)
+    assert again is not None
+    assert again is not telemetry
+    assert registry.get_sample_value("stageflow_pipeline_runs_total", runs) == 1.0
+    uninstrument()
 
 
 @pytest.mark.anyio
