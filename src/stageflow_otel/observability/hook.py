@@ -45,6 +45,7 @@ from ._context import (
     hex_ids,
     trace_flags_text,
 )
+from ._spans import ContractSpan, SpanStarter
 from .logging import CanonicalLog
 from .metrics import StageflowMetrics, StageSeries, observe_with_trace
 
@@ -67,6 +68,14 @@ def _trace_fields(span_context: trace.SpanContext) -> dict[str, str]:
         return {}
     trace_id, span_id = hex_ids(span_context)
     return {"trace_id": trace_id, "span_id": span_id}
+
+
+def _set_attributes(span: trace.Span, attributes: dict[str, Any]) -> None:
+    """Set attributes the hook built (valid values); the cheap way on a ``ContractSpan``."""
+    if type(span) is ContractSpan:
+        span.set_contract_attributes(attributes)
+    else:
+        span.set_attributes(attributes)
 
 
 def _claim(output: StageOutput) -> bool:
@@ -121,6 +130,7 @@ class TelemetryHook(RunHook):
         redact: Redactor | None = None,
     ) -> None:
         self.tracer = tracer
+        self.spans = SpanStarter(tracer)
         self.metrics = metrics
         self.interceptor_spans = interceptor_spans
         self.canonical_logs = canonical_logs
@@ -156,11 +166,11 @@ class TelemetryHook(RunHook):
             attributes[attr.PARENT_STAGE_NAME] = run.parent_stage or ""
             attributes[attr.CORRELATION_ID] = run.correlation_id or ""
             attributes[attr.SUBPIPELINE_DEPTH] = run.depth
-        span = self.tracer.start_span(
+        span = self.spans.start(
             f"pipeline.run {run.pipeline}",
+            attributes,
             context=parent,
             kind=SpanKind.SERVER if run.entry_point else SpanKind.INTERNAL,
-            attributes=attributes,
         )
         metrics = self.metrics
         metric_pipeline = metrics.pipeline_label(run.pipeline) if metrics else run.pipeline
@@ -195,11 +205,12 @@ class TelemetryHook(RunHook):
         finally:
             duration = _perf() - started
             try:
-                span.set_attribute(attr.RUN_STATUS, status)
+                end_attributes: dict[str, Any] = {attr.RUN_STATUS: status}
                 if failed_stage is not None:
-                    span.set_attribute(attr.RUN_FAILED_STAGE, failed_stage)
-                    span.set_attribute(attr.ERROR_TYPE, error_type or "_OTHER")
+                    end_attributes[attr.RUN_FAILED_STAGE] = failed_stage
+                    end_attributes[attr.ERROR_TYPE] = error_type or "_OTHER"
                     span.set_status(Status(StatusCode.ERROR, error))
+                _set_attributes(span, end_attributes)
                 span.end()
                 if metrics:
                     metrics.pipeline_active.labels(metric_pipeline).dec()
@@ -254,7 +265,7 @@ class TelemetryHook(RunHook):
                 for dep in spec.dependencies
                 if dep in upstream
             ]
-        span = self.tracer.start_span(f"stage.run {name}", attributes=attributes, links=links)
+        span = self.spans.start(f"stage.run {name}", attributes, links=links)
         span_context = span.get_span_context()
         run.stage_spans[name] = span_context
         metrics = self.metrics
@@ -323,7 +334,7 @@ class TelemetryHook(RunHook):
         end_attributes[attr.STAGE_STATUS] = status.value
         end_attributes[attr.STAGE_ATTEMPT] = call.attempt
         try:
-            span.set_attributes(end_attributes)
+            _set_attributes(span, end_attributes)
         finally:
             span.end()
         run = record.run
@@ -379,7 +390,7 @@ class TelemetryHook(RunHook):
                 attr.INTERCEPTOR_NAME: name,
                 attr.STAGE_NAME: call.stage,
             }
-            span = self.tracer.start_span(f"interceptor {name}", attributes=attributes)
+            span = self.spans.start(f"interceptor {name}", attributes)
             token = otel_context.attach(trace.set_span_in_context(span))
         output: StageOutput | None = None
         try:
@@ -422,7 +433,7 @@ class TelemetryHook(RunHook):
                             end_attributes[attr.ERROR_TYPE] = error_type_of(output) or "_OTHER"
                             if action == "error":
                                 span.set_status(Status(StatusCode.ERROR, output.error))
-                        span.set_attributes(end_attributes)
+                        _set_attributes(span, end_attributes)
                     span.end()
             except Exception:
                 logger.exception("recording telemetry for interceptor %r failed", name)
@@ -446,7 +457,7 @@ class TelemetryHook(RunHook):
                 "stageflow.subpipeline.run.id": call.child_run_id,
             }
         )
-        span = self.tracer.start_span(f"subpipeline.run {call.pipeline}", attributes=attributes)
+        span = self.spans.start(f"subpipeline.run {call.pipeline}", attributes)
         token = otel_context.attach(trace.set_span_in_context(span))
         status = "cancel"
         try:
@@ -501,7 +512,7 @@ class TelemetryHook(RunHook):
                 value = self._redacted(attr.GEN_AI_TOOL_ARGUMENTS, arguments)
                 if value is not _UNRECORDED:
                     attributes[attr.GEN_AI_TOOL_ARGUMENTS] = value
-        span = self.tracer.start_span(f"execute_tool {tool}", attributes=attributes)
+        span = self.spans.start(f"execute_tool {tool}", attributes)
         token = otel_context.attach(trace.set_span_in_context(span))
         started = _perf()
         status = "cancel"
