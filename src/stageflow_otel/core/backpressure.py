@@ -78,13 +78,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, NamedTuple, Protocol, Self, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 import anyio
 import anyio.to_thread
 import sniffio
 
-from .events import EventSink
+from .events import Event, EventSink
 
 __all__ = (
     "BackpressureAwareEventSink",
@@ -117,20 +117,13 @@ _BLOCK_POLL_FIRST = 0.0005
 _BLOCK_POLL_MAX = 0.02
 
 
-class QueuedEvent(NamedTuple):
-    """One event waiting in, or exported from, the queue.
+QueuedEvent = Event
+"""One event waiting in, or exported from, the queue: an :class:`~stageflow_otel.core.events.Event`.
 
-    Attributes:
-        type: The event type (``stage.completed``, ...).
-        data: The payload, as given to ``emit``; not copied, so producers must not mutate it
-            after emitting it.
-    """
-
-    type: str
-    data: Mapping[str, Any]
-
-
-_new_event = tuple.__new__  # QueuedEvent without the Python-level __new__: 80 ns, not 130
+A batch exporter reads ``event.type`` and ``event.data`` (the contract payload, made on the
+worker thread), or the typed fields. Events are not copied, so producers must not mutate
+their payloads after emitting them.
+"""
 
 
 @runtime_checkable
@@ -421,18 +414,22 @@ class BackpressureAwareEventSink:
 
         Never raises, never blocks the event loop; safe from any thread.
         """
+        self.try_emit_event(Event.from_payload(type, data))
+
+    def try_emit_event(self, event: Event) -> None:
+        """:meth:`try_emit` for a typed event (what the executor sends): formatted on export."""
         if self._worker is None:
             self.start()
         with self._lock:
             queue = self._queue
             if len(queue) < self._limit:
-                queue.append(_new_event(QueuedEvent, (type, data)))
+                queue.append(event)
                 self._emitted += 1
                 if self._worker_idle and len(queue) >= self._max_batch:
                     self._worker_idle = False
                     self._work_cond.notify()
                 return
-            drop = self._drop_locked(type, data, self._evict)
+            drop = self._drop_locked(event, self._evict)
         if drop is not None:
             self._report_drop(*drop)
 
@@ -442,8 +439,9 @@ class BackpressureAwareEventSink:
         Under the other policies this is :meth:`try_emit`. Never raises, except for the
         caller's own cancellation while waiting (the event is then not queued).
         """
+        event = Event.from_payload(type, data)
         if self.policy != "block":
-            self.try_emit(type=type, data=data)
+            self.try_emit_event(event)
             return
         if self._worker is None:
             self.start()
@@ -453,7 +451,7 @@ class BackpressureAwareEventSink:
             with self._lock:
                 queue = self._queue
                 if len(queue) < self._limit:
-                    queue.append(_new_event(QueuedEvent, (type, data)))
+                    queue.append(event)
                     self._emitted += 1
                     if self._worker_idle and len(queue) >= self._max_batch:
                         self._worker_idle = False
@@ -461,16 +459,14 @@ class BackpressureAwareEventSink:
                     return
                 remaining = deadline - anyio.current_time()
                 if self._closing or remaining <= 0:
-                    drop = self._drop_locked(type, data, False)
+                    drop = self._drop_locked(event, False)
                     break
             await anyio.sleep(min(delay, remaining))
             delay = min(delay * 2, _BLOCK_POLL_MAX)
         if drop is not None:
             self._report_drop(*drop)
 
-    def _drop_locked(
-        self, type: str, data: Mapping[str, Any], evict: bool
-    ) -> tuple[str, str, Mapping[str, Any], bool] | None:
+    def _drop_locked(self, event: Event, evict: bool) -> tuple[str, Event, bool] | None:
         """Count a drop (the queue is full, or closed); evict the oldest event if asked.
 
         Returns what :meth:`_report_drop` needs, or ``None`` when there is nothing to report.
@@ -485,8 +481,8 @@ class BackpressureAwareEventSink:
             if evict:
                 queue = self._queue
                 evicted = queue.popleft()
-                queue.append(_new_event(QueuedEvent, (type, data)))
-                type, data = evicted  # report the evicted event, not the new one
+                queue.append(event)
+                event = evicted  # report the evicted event, not the new one
                 if self._flush_requests:
                     self._lost(self._removed)
                 self._removed += 1
@@ -496,9 +492,9 @@ class BackpressureAwareEventSink:
             self._last_drop_warning = now
         elif self._listener is None and self._on_drop is None:
             return None
-        return result, type, data, warn
+        return result, event, warn
 
-    def _report_drop(self, result: str, type: str, data: Mapping[str, Any], warn: bool) -> None:
+    def _report_drop(self, result: str, event: Event, warn: bool) -> None:
         """Warn (at most once per interval) and tell the callbacks, outside the lock."""
         try:
             if warn:
@@ -517,7 +513,7 @@ class BackpressureAwareEventSink:
             if self._listener is not None:
                 self._notify(result, 1)
             if self._on_drop is not None:
-                self._call_on_drop(((type, data),))
+                self._call_on_drop((event,))
         except Exception:  # try_emit never raises; a broken log handler must not make it
             logger.debug("event sink %r failed to report a drop", self.name, exc_info=True)
 
@@ -999,13 +995,13 @@ class BackpressureAwareEventSink:
             self._listener = None
             logger.exception("listener of event sink %r raised; it is disabled", self.name)
 
-    def _call_on_drop(self, events: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    def _call_on_drop(self, events: Sequence[Event]) -> None:
         on_drop = self._on_drop
         if on_drop is None:
             return
         try:
-            for type_, data in events:
-                on_drop(type_, data)
+            for event in events:
+                on_drop(event.type, event.data)
         except Exception:
             self._on_drop = None
             logger.exception("on_drop of event sink %r raised; it is disabled", self.name)

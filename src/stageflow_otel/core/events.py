@@ -1,14 +1,23 @@
-"""Event sinks: where a run's lifecycle events go.
+"""Events and event sinks: what a run tells, and where it goes.
+
+The engine makes each lifecycle event as an :class:`Event`: its type, its own fields, the time
+as integer nanoseconds and the trace context as integers. Text (the RFC 3339 timestamp, hex
+ids) is made only at the edge that needs it, :attr:`Event.data`, the payload of the telemetry
+contract.
 
 An :class:`EventSink` has keyword-only ``await emit(type=..., data=...)`` and a
-``try_emit(type=..., data=...)`` that never blocks. The executor only calls ``try_emit``;
-a sink that raises is logged once and left out for the rest of the run.
+``try_emit(type=..., data=...)`` that never blocks; it receives ``event.data``. A sink that
+also has ``try_emit_event(event)`` receives the typed :class:`Event` instead, and formats only
+what it needs. The executor only calls ``try_emit`` / ``try_emit_event``; a sink that raises
+is logged once and left out for the rest of the run.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -16,13 +25,88 @@ from typing import Any, Protocol, runtime_checkable
 __all__ = (
     "CollectedEvent",
     "CollectingEventSink",
+    "Event",
     "EventSink",
     "FanOutEventSink",
     "LoggingEventSink",
     "NoOpEventSink",
+    "rfc3339_ns",
 )
 
 logger = logging.getLogger("stageflow_otel.events")
+
+# (second, its formatted date and time): one tuple, replaced whole, so that threads never
+# pair a second with another second's text.
+_second_text: list[tuple[int, str]] = [(-1, "")]
+
+
+def rfc3339_ns(time_ns: int) -> str:
+    """An RFC 3339 UTC timestamp with microseconds and a ``Z`` suffix, from nanoseconds."""
+    second, nanos = divmod(time_ns, 1_000_000_000)
+    cached, prefix = _second_text[0]
+    if cached != second:
+        prefix = _dt.datetime.fromtimestamp(second, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_text[0] = (second, prefix)
+    return f"{prefix}.{nanos // 1000:06d}Z"
+
+
+class Event:
+    """One event of a run, typed; the contract's text payload is made on demand.
+
+    Attributes:
+        type: The event type (``stage.completed``, ...).
+        fields: The event's own fields, with ``pipeline_run_id`` and ``pipeline``; flat values
+            as the engine builds them. Not copied: nobody mutates them after the emit.
+        time_ns: When it happened, in nanoseconds since the epoch; ``None`` for an event made
+            from a payload (:meth:`from_payload`), whose time is in its ``timestamp`` text.
+        trace_id: The trace of the span current where it was emitted; 0 without tracing.
+        span_id: That span; 0 without tracing.
+        trace_flags: That span's W3C trace flags (bit 0: sampled).
+    """
+
+    __slots__ = ("_data", "fields", "span_id", "time_ns", "trace_flags", "trace_id", "type")
+
+    def __init__(self, type: str, fields: dict[str, Any], time_ns: int | None = None) -> None:
+        self.type = type
+        self.fields = fields
+        self.time_ns: int | None = time.time_ns() if time_ns is None else time_ns
+        self.trace_id = 0
+        self.span_id = 0
+        self.trace_flags = 0
+        self._data: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_payload(cls, type: str, data: Mapping[str, Any]) -> Event:
+        """An event given as a type and a finished payload (``try_emit(type=..., data=...)``)."""
+        event = cls.__new__(cls)
+        event.type = type
+        event.fields = data  # type: ignore[assignment]
+        event.time_ns = None
+        event.trace_id = event.span_id = event.trace_flags = 0
+        event._data = data
+        return event
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        """The payload of the telemetry contract, made on first use.
+
+        The fields, plus ``timestamp`` (RFC 3339, UTC) and, when the event was emitted inside
+        a span, ``trace_id``, ``span_id`` (hex) and ``trace_flags`` (``01`` sampled, ``00``
+        not).
+        """
+        data = self._data
+        if data is None:
+            payload = dict(self.fields)
+            payload["timestamp"] = rfc3339_ns(self.time_ns or 0)
+            if self.trace_id:
+                payload["trace_id"] = format(self.trace_id, "032x")
+                payload["span_id"] = format(self.span_id, "016x")
+                payload["trace_flags"] = "01" if self.trace_flags & 1 else "00"
+            data = self._data = payload
+        return data
+
+    def __repr__(self) -> str:
+        return f"Event({self.type!r}, {dict(self.fields)!r})"
 
 
 @runtime_checkable

@@ -31,7 +31,7 @@ from .errors import (
     StageReturnTypeError,
     StageTimeoutError,
 )
-from .events import EventSink, NoOpEventSink
+from .events import Event, EventSink, NoOpEventSink
 from .extensions import default_extensions
 from .interceptors import (
     CallNext,
@@ -43,7 +43,7 @@ from .interceptors import (
     qualified_name,
 )
 from .model import StageOutput, StageStatus
-from .wide_events import WideEventEmitter, error_type_of, iso_timestamp
+from .wide_events import WideEventEmitter, error_type_of
 
 if TYPE_CHECKING:
     from .pipeline import FailureMode, StageSpec
@@ -59,6 +59,7 @@ _CANCEL = StageStatus.CANCEL
 _RETRY = StageStatus.RETRY
 _SKIP = StageStatus.SKIP
 _perf = time.perf_counter
+_time_ns = time.time_ns
 
 _COMPLETION_EVENT = {
     StageStatus.OK: "stage.completed",
@@ -318,7 +319,7 @@ class RunState:
             if sink is not None and type(sink) is not NoOpEventSink and sink not in sinks:
                 sinks.append(sink)
         self.sinks: list[EventSink] = sinks
-        self._sink_snapshot = tuple(sinks)  # what ``emit`` iterates; rebuilt when one is dropped
+        self._deliveries = _deliveries(sinks)  # what ``emit`` calls; rebuilt when one is dropped
         observing = [h for h in chosen_hooks if type(h).overrides("on_event")]
         self.observers = tuple(h.on_event for h in observing)
         observe_all = any(h.observed_events is None for h in observing)
@@ -358,20 +359,23 @@ class RunState:
     # -- events -----------------------------------------------------------------------------
 
     def emit(self, type: str, data: dict[str, Any]) -> None:
-        """Send one event to the run's observers and sinks; a sink that raises is dropped."""
+        """Send one event to the run's observers and sinks; a sink that raises is dropped.
+
+        ``data`` becomes the event's fields (with the run id and pipeline name added).
+        """
         if not self.emitting and type not in self.observed_types:
             return
         data["pipeline_run_id"] = self.run_id
         data["pipeline"] = self.name
-        data["timestamp"] = iso_timestamp()
+        event = Event(type, data, _time_ns())
         for observe in self.observers:
             try:
-                observe(type, data)
+                observe(event)
             except Exception:
                 logger.exception("run hook %r failed on event %r", observe, type)
-        for sink in self._sink_snapshot:
+        for sink, deliver in self._deliveries:
             try:
-                sink.try_emit(type=type, data=data)
+                deliver(event)
             except Exception:
                 logger.exception(
                     "event sink %r raised on %r; it receives no more events of run %s",
@@ -381,7 +385,7 @@ class RunState:
                 )
                 if sink in self.sinks:
                     self.sinks.remove(sink)
-                self._sink_snapshot = tuple(self.sinks)
+                self._deliveries = _deliveries(self.sinks)
 
     def _wall(self, perf: float) -> _dt.datetime:
         return self._wall_start + _dt.timedelta(seconds=perf - self._perf_start)
@@ -482,7 +486,7 @@ class RunState:
         if self.emitting:
             counts: dict[str, int] = {}
             for out in self.outputs.values():
-                counts[out.status.value] = counts.get(out.status.value, 0) + 1
+                counts[out.status._value_] = counts.get(out.status._value_, 0) + 1
             payload: dict[str, Any] = {
                 "status": status,
                 "duration_ms": round(duration_ms, 3),
@@ -638,7 +642,7 @@ class RunState:
                 "stage.started",
                 {
                     "stage": name,
-                    "kind": spec.kind.value,
+                    "kind": spec.kind._value_,
                     "attempt": call.attempt,
                     "queue_wait_ms": round(call.queue_wait_s * 1000, 3),
                 },
@@ -686,7 +690,7 @@ class RunState:
         status = output.status
         payload: dict[str, Any] = {
             "stage": name,
-            "status": status.value,
+            "status": status._value_,
             "duration_ms": round(output.duration_ms or 0.0, 3),
             "attempt": call.attempt,
         }
@@ -714,7 +718,7 @@ class RunState:
                     pipeline=self.name,
                     identity=self.identity,
                     stage=name,
-                    kind=call.kind.value,
+                    kind=call.kind._value_,
                     output=output,
                     started_at=self._wall(call.started_at),
                     ended_at=self._wall(end),
@@ -819,6 +823,26 @@ def _with_run_hook(
         return await hook.around_run(call, proceed)
 
     return wrapped
+
+
+def _deliveries(
+    sinks: Sequence[EventSink],
+) -> tuple[tuple[EventSink, Callable[[Event], None]], ...]:
+    """How each sink receives an event: typed (``try_emit_event``) or as its payload."""
+    calls: list[tuple[EventSink, Callable[[Event], None]]] = []
+    for sink in sinks:
+        typed = getattr(sink, "try_emit_event", None)
+        calls.append((sink, typed if callable(typed) else _payload_delivery(sink)))
+    return tuple(calls)
+
+
+def _payload_delivery(sink: EventSink) -> Callable[[Event], None]:
+    try_emit = sink.try_emit
+
+    def deliver(event: Event) -> None:
+        try_emit(type=event.type, data=event.data)
+
+    return deliver
 
 
 def _identity_payload(identity: RunIdentity) -> dict[str, Any]:

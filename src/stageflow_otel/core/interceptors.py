@@ -23,6 +23,7 @@ from .model import StageKind, StageOutput
 
 if TYPE_CHECKING:
     from .context import RunIdentity, StageContext
+    from .events import Event
     from .executor import PipelineResults, RunState
     from .pipeline import StageSpec
     from .subpipeline import SubpipelineCall
@@ -198,11 +199,12 @@ class RunHook:
         """Wrap a child run spawned by a stage; ``proceed()`` runs it (with its own hooks)."""
         return await proceed()
 
-    def on_event(self, type: str, data: dict[str, Any]) -> None:
-        """See every event of the run before its sinks do; may add fields (trace ids, ...).
+    def on_event(self, event: Event) -> None:
+        """See every event of the run before its sinks do; may set its trace context.
 
         Called in the context that emits the event (inside the stage for stage events), even
-        when the run has no event sink. Must be cheap and must not raise.
+        when the run has no event sink. Must be cheap and must not raise; must not change
+        ``event.fields``.
         """
 
     @classmethod

@@ -165,7 +165,18 @@ class StageOutput:
 
     def with_duration(self, duration_ms: float) -> StageOutput:
         """Return a copy with ``duration_ms`` set."""
-        return replace(self, duration_ms=duration_ms)
+        # The constructor, not dataclasses.replace: this runs for every stage of every run.
+        return StageOutput(
+            self.status,
+            self.data,
+            self.artifacts,
+            self.events,
+            self.error,
+            duration_ms,
+            self.version,
+            self.metadata,
+            self.exception,
+        )
 
     def with_metadata(self, **metadata: Any) -> StageOutput:
         """Return a copy with ``metadata`` extended."""

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .events import rfc3339_ns
 from .interceptors import qualified_name
 from .model import StageOutput, StageStatus
 
@@ -17,23 +18,11 @@ if TYPE_CHECKING:
 __all__ = ("WideEventEmitter", "error_type_of", "iso_timestamp")
 
 
-# (second, formatted date and time of that second): one tuple, replaced whole, so threads
-# never see a second paired with another second's text.
-_second_cache: list[tuple[int, str]] = [(-1, "")]
-
-
 def iso_timestamp(when: _dt.datetime | None = None) -> str:
-    """An RFC 3339 UTC timestamp with microseconds and a ``Z`` suffix."""
+    """An RFC 3339 UTC timestamp with microseconds and a ``Z`` suffix (now by default)."""
     if when is not None:
         return f"{when.astimezone(_dt.UTC).isoformat(timespec='microseconds')[:26]}Z"
-    now = time.time()
-    second = int(now)
-    cached_second, prefix = _second_cache[0]
-    if cached_second != second:
-        # Formatting the date part once per second keeps event timestamps cheap.
-        prefix = _dt.datetime.fromtimestamp(second, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second_cache[0] = (second, prefix)
-    return f"{prefix}.{int((now - second) * 1_000_000):06d}Z"
+    return rfc3339_ns(time.time_ns())
 
 
 def error_type_of(output: StageOutput) -> str | None:

@@ -51,11 +51,6 @@ def hex_ids(span_context: trace.SpanContext) -> tuple[str, str]:
     return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
 
 
-def trace_flags_text(span_context: trace.SpanContext) -> str:
-    """The W3C ``trace-flags`` of a span context: ``01`` when sampled, ``00`` when not."""
-    return "01" if span_context.trace_flags & 1 else "00"
-
-
 class StageRecord:
     """The telemetry state of one stage execution."""
 
@@ -67,7 +62,7 @@ class StageRecord:
         "name",
         "run",
         "span",
-        "trace_flags",
+        "span_context",
     )
 
     def __init__(
@@ -79,7 +74,7 @@ class StageRecord:
         self.metric_stage = metric_stage
         self.context = context  # the OpenTelemetry context that makes ``span`` current
         self.hex_ids: tuple[str, str] | None = None
-        self.trace_flags = "00"
+        self.span_context: trace.SpanContext = trace.INVALID_SPAN_CONTEXT
         # Failures and short circuits an interceptor span has reported (see ``hook._claim``).
         self.claimed: list[object] | None = None
 

@@ -25,6 +25,7 @@ from stageflow_otel.core.errors import (
     StageCancellationRequested,
     StageExecutionError,
 )
+from stageflow_otel.core.events import Event
 from stageflow_otel.core.interceptors import (
     CallNext,
     Interceptor,
@@ -43,7 +44,6 @@ from ._context import (
     current_run,
     current_stage,
     hex_ids,
-    trace_flags_text,
 )
 from ._spans import ContractSpan, SpanStarter
 from .logging import CanonicalLog
@@ -252,7 +252,7 @@ class TelemetryHook(RunHook):
         attributes = {
             **run.base_attributes,
             attr.STAGE_NAME: name,
-            attr.STAGE_KIND: call.kind.value,
+            attr.STAGE_KIND: call.kind._value_,
             attr.STAGE_QUEUE_WAIT: call.queue_wait_s,
             attr.CODE_FUNCTION: spec.function_name,
         }
@@ -273,9 +273,9 @@ class TelemetryHook(RunHook):
         context = trace.set_span_in_context(span)
         token = otel_context.attach(context)
         record = StageRecord(span, name, run, series.label if series else name, context)
+        record.span_context = span_context
         if span_context.is_valid:
             record.hex_ids = run.hex_ids(span_context)
-            record.trace_flags = trace_flags_text(span_context)
         stage_token = current_stage.set(record)
         if metrics:
             run.active_series.inc()
@@ -331,7 +331,7 @@ class TelemetryHook(RunHook):
                             value = self._redacted(key, data[key])
                             if value is not _UNRECORDED:
                                 end_attributes[attr.STAGE_OUTPUT_PREFIX + key] = value
-        end_attributes[attr.STAGE_STATUS] = status.value
+        end_attributes[attr.STAGE_STATUS] = status._value_
         end_attributes[attr.STAGE_ATTEMPT] = call.attempt
         try:
             _set_attributes(span, end_attributes)
@@ -342,7 +342,7 @@ class TelemetryHook(RunHook):
             metrics = self.metrics
             assert metrics is not None
             label_error = "" if error_type is None else metrics.error_type_label(error_type)
-            runs, durations = series.outcome(status.value, label_error)
+            runs, durations = series.outcome(status._value_, label_error)
             runs.inc()
             ids = record.hex_ids
             if ids is not None:
@@ -358,8 +358,8 @@ class TelemetryHook(RunHook):
                     "pipeline": run.pipeline,
                     "pipeline_run_id": run.run_id,
                     "stage": call.stage,
-                    "kind": call.kind.value,
-                    "status": status.value,
+                    "kind": call.kind._value_,
+                    "status": status._value_,
                     "attempt": call.attempt,
                     "duration_ms": round(duration * 1000, 3),
                     "queue_wait_ms": round(call.queue_wait_s * 1000, 3),
@@ -559,36 +559,32 @@ class TelemetryHook(RunHook):
 
     # -- events ----------------------------------------------------------------------------
 
-    def on_event(self, type: str, data: dict[str, Any]) -> None:
-        """Add the trace context to every event; make ``stage.retrying`` a span event and a count.
+    def on_event(self, event: Event) -> None:
+        """Give every event its trace context; make ``stage.retrying`` a span event and a count.
 
-        The context is ``trace_id``, ``span_id`` and ``trace_flags`` (``01`` sampled, ``00`` not).
+        The context is that of the span current where the event is emitted, as integers (the
+        sink that needs text formats it).
         """
-        stage_record = current_stage.get()
-        if (
-            stage_record is not None
-            and stage_record.hex_ids is not None
-            and otel_context.get_current() is stage_record.context
-        ):
-            data["trace_id"], data["span_id"] = stage_record.hex_ids  # formatted once per stage
-            data["trace_flags"] = stage_record.trace_flags
+        stage = current_stage.get()
+        if stage is not None and otel_context.get_current() is stage.context:
+            span_context = stage.span_context
         else:
             span_context = trace.get_current_span().get_span_context()
-            if span_context.is_valid:
-                data["trace_id"], data["span_id"] = hex_ids(span_context)
-                data["trace_flags"] = trace_flags_text(span_context)
-        if type == "stage.retrying":
-            stage = current_stage.get()
-            if stage is not None:
-                stage.span.add_event(
-                    attr.RETRY_EVENT,
-                    {
-                        attr.STAGE_ATTEMPT: int(data.get("attempt", 0)),
-                        attr.RETRY_DELAY: float(data.get("delay_s", 0.0)),
-                        attr.ERROR_TYPE: str(data.get("error_type") or "_OTHER"),
-                    },
-                )
-                if self.metrics:
-                    self.metrics.stage_retries.labels(
-                        stage.run.metric_pipeline, stage.metric_stage
-                    ).inc()
+        if span_context.is_valid:
+            event.trace_id = span_context.trace_id
+            event.span_id = span_context.span_id
+            event.trace_flags = span_context.trace_flags
+        if event.type == "stage.retrying" and stage is not None:
+            fields = event.fields
+            stage.span.add_event(
+                attr.RETRY_EVENT,
+                {
+                    attr.STAGE_ATTEMPT: int(fields.get("attempt", 0)),
+                    attr.RETRY_DELAY: float(fields.get("delay_s", 0.0)),
+                    attr.ERROR_TYPE: str(fields.get("error_type") or "_OTHER"),
+                },
+            )
+            if self.metrics:
+                self.metrics.stage_retries.labels(
+                    stage.run.metric_pipeline, stage.metric_stage
+                ).inc()

@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord, SeverityNumber
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
+from opentelemetry.context import (
+    _SUPPRESS_INSTRUMENTATION_KEY,
+    Context,
+    attach,
+    detach,
+    set_value,
+)
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -30,6 +36,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from stageflow_otel._version import package_version
 from stageflow_otel.core.backpressure import BackpressureAwareEventSink, QueuedEvent
+from stageflow_otel.core.events import Event
 
 from .config import ERROR_EVENTS, EventSelection
 
@@ -136,7 +143,7 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _FLAGS = {"01": _SAMPLED, "00": TraceFlags(TraceFlags.DEFAULT)}
 
 
-def _context_of(data: Mapping[str, Any], cache: dict[tuple[str, str, str], Any]) -> Any:
+def _context_of(data: Mapping[str, Any], cache: dict[Any, Any]) -> Any:
     """The trace context of a payload's ``trace_id``/``span_id``/``trace_flags``.
 
     ``None`` without ids; without ``trace_flags`` the context counts as sampled. ``cache``
@@ -170,18 +177,27 @@ _SEVERITY = {
 
 
 def event_to_log_record(type: str, data: Mapping[str, Any]) -> LogRecord:
-    """The OpenTelemetry log record of one event."""
-    return _log_record(type, data, {})
+    """The OpenTelemetry log record of one event given as its contract payload."""
+    return _log_record(Event.from_payload(type, data), {})
 
 
-def _log_record(
-    type: str, data: Mapping[str, Any], contexts: dict[tuple[str, str, str], Any]
-) -> LogRecord:
-    severity, text = _SEVERITY.get(type, _INFO)
-    # Lifecycle payloads are flat and primitive: one pass, no copies, unless they are not.
+_PLAIN = frozenset({str, bool, int, float})
+
+
+def _attributes_and_body(fields: Mapping[str, Any]) -> tuple[Mapping[str, Any], Any]:
+    """The record's attributes (flattened, no ``None``, no trace keys) and its body."""
+    for key, value in fields.items():
+        kind = type(value)
+        if kind in _PLAIN and key not in _TRACE_KEYS:
+            continue
+        if kind is list and value and all(type(v) is str for v in value):
+            continue
+        break
+    else:
+        return fields, fields  # flat, as most lifecycle events are: no copy
+    # Lifecycle payloads hold at most string lists besides primitives: one pass, unless not.
     attributes: dict[str, Any] = {}
-    flat = True
-    for key, value in data.items():
+    for key, value in fields.items():
         if isinstance(value, _PRIMITIVE):
             if key not in _TRACE_KEYS:
                 attributes[key] = value
@@ -189,22 +205,139 @@ def _log_record(
             if value:
                 attributes[key] = value
         elif value is not None:
-            flat = False
             break
-    if not flat:
-        attributes = flatten_attributes(data)
-        for key in _TRACE_KEYS:
-            attributes.pop(key, None)
+    else:
+        return attributes, fields
+    attributes = flatten_attributes(fields)
+    for key in _TRACE_KEYS:
+        attributes.pop(key, None)
+    return attributes, _body(fields)
+
+
+_NO_CONTEXT = Context()
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+
+TraceOf = tuple[Any, int, int, TraceFlags]
+"""A record's trace context: ``(context, trace_id, span_id, trace_flags)``."""
+
+_NO_TRACE: TraceOf = (_NO_CONTEXT, 0, 0, _NOT_SAMPLED)
+
+
+def _typed_trace(event: Event, cache: dict[Any, Any]) -> TraceOf:
+    """The trace context of a typed event; one per span and batch."""
+    if not event.trace_id:
+        return _NO_TRACE
+    key = (event.trace_id, event.span_id, event.trace_flags)
+    found: TraceOf | None = cache.get(key)
+    if found is None:
+        flags = _SAMPLED if event.trace_flags & 1 else _NOT_SAMPLED
+        span_context = SpanContext(
+            event.trace_id, event.span_id, is_remote=False, trace_flags=flags
+        )
+        context = trace.set_span_in_context(NonRecordingSpan(span_context))
+        found = cache[key] = (context, event.trace_id, event.span_id, flags)
+    return found
+
+
+def _payload_trace(data: Mapping[str, Any], cache: dict[Any, Any]) -> TraceOf:
+    """The trace context of a payload's ``trace_id``/``span_id``/``trace_flags`` text."""
+    context = _context_of(data, cache)
+    if context is None:
+        return _NO_TRACE
+    span_context = trace.get_current_span(context).get_span_context()
+    return context, span_context.trace_id, span_context.span_id, span_context.trace_flags
+
+
+def _direct_log_record(
+    timestamp: int,
+    trace_of: TraceOf,
+    severity: SeverityNumber,
+    text: str,
+    body: Any,
+    attributes: Mapping[str, Any],
+    type: str,
+) -> LogRecord:
+    """A ``LogRecord`` with the fields its constructor would set, set directly (3x cheaper)."""
+    record: LogRecord = _new_object(LogRecord)
+    context, trace_id, span_id, flags = trace_of
+    record.__dict__ = {
+        "timestamp": timestamp,
+        "observed_timestamp": time.time_ns(),
+        "context": context,
+        "trace_id": trace_id,
+        "span_id": span_id,
+        "trace_flags": flags,
+        "severity_text": text,
+        "severity_number": severity,
+        "body": body,
+        "attributes": attributes,
+        "event_name": type,
+        "exception": None,
+    }
+    return record
+
+
+def _constructed_log_record(
+    timestamp: int,
+    trace_of: TraceOf,
+    severity: SeverityNumber,
+    text: str,
+    body: Any,
+    attributes: Mapping[str, Any],
+    type: str,
+) -> LogRecord:
     return LogRecord(
-        timestamp=_timestamp_ns(data.get("timestamp")),
+        timestamp=timestamp,
         observed_timestamp=time.time_ns(),
-        context=_context_of(data, contexts),
+        context=trace_of[0],
         severity_number=severity,
         severity_text=text,
-        body=data if flat else _body(data),
+        body=body,
         attributes=attributes,
         event_name=type,
     )
+
+
+def _choose_log_record_factory() -> Any:
+    """:func:`_direct_log_record` if it makes what the installed API's constructor makes."""
+    probe = Event("probe", {})
+    probe.trace_id, probe.span_id, probe.trace_flags = 1, 2, 1
+    try:
+        for trace_of in (_typed_trace(probe, {}), _NO_TRACE):
+            made = _constructed_log_record(3, trace_of, SeverityNumber.INFO, "INFO", {}, {}, "p")
+            direct = _direct_log_record(3, trace_of, SeverityNumber.INFO, "INFO", {}, {}, "p")
+            made.observed_timestamp = direct.observed_timestamp = 0
+            if type(made) is not LogRecord or vars(made) != vars(direct):
+                return _constructed_log_record
+    except Exception:  # any surprise: the constructor it is
+        return _constructed_log_record
+    return _direct_log_record
+
+
+_new_object = object.__new__
+_make_log_record = _choose_log_record_factory()
+
+
+def _log_record(event: Event, contexts: dict[Any, Any]) -> LogRecord:
+    """The log record of an event.
+
+    A typed event gives its time and trace context as they are; an event made from a payload
+    (``try_emit(type=..., data=...)``) has them parsed from the payload's text. Either way the
+    attributes leave out the trace context, which is the record's own.
+    """
+    type = event.type
+    severity, text = _SEVERITY.get(type, _INFO)
+    fields: Mapping[str, Any]
+    if event.time_ns is not None:
+        timestamp = event.time_ns
+        trace_of = _typed_trace(event, contexts)
+        fields = event.fields
+    else:
+        fields = event.data
+        timestamp = _timestamp_ns(fields.get("timestamp"))
+        trace_of = _payload_trace(fields, contexts)
+    attributes, body = _attributes_and_body(fields)
+    return _make_log_record(timestamp, trace_of, severity, text, body, attributes, type)  # type: ignore[no-any-return]
 
 
 class _LogRecordExport:
@@ -230,8 +363,8 @@ class _LogRecordExport:
         # Exporters' own HTTP/gRPC calls must not be traced (they would feed more exports).
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
-            contexts: dict[tuple[str, str, str], Any] = {}
-            records = [_log_record(event.type, event.data, contexts) for event in batch]
+            contexts: dict[Any, Any] = {}
+            records = [_log_record(event, contexts) for event in batch]
             if self.logger is not None:
                 for record in records:
                     self.logger.emit(record)
@@ -285,9 +418,9 @@ class OtelLogEventSink(BackpressureAwareEventSink):
             raise ValueError("OtelLogEventSink needs an exporter or a logger_provider")
         self.events = events if isinstance(events, EventSelection) else EventSelection.parse(events)
         if not self.events.everything:
-            # Shadows the method on this instance only: with every event selected, emitting
+            # Shadows the methods on this instance only: with every event selected, emitting
             # costs no extra call.
-            self.try_emit = self._try_emit_selected  # type: ignore[method-assign]
+            self.try_emit_event = self._try_emit_selected  # type: ignore[method-assign]
         if metrics is not None:
             counter = metrics.sink_events
             children = {
@@ -320,9 +453,9 @@ class OtelLogEventSink(BackpressureAwareEventSink):
                 lambda: float(self.statistics().queue_size)
             )
 
-    def _try_emit_selected(self, *, type: str, data: Mapping[str, Any]) -> None:
-        if type in self.events:
-            BackpressureAwareEventSink.try_emit(self, type=type, data=data)
+    def _try_emit_selected(self, event: Event) -> None:
+        if event.type in self.events:
+            BackpressureAwareEventSink.try_emit_event(self, event)
 
     async def emit(self, *, type: str, data: Mapping[str, Any]) -> None:
         """Queue the event if it is one of :attr:`events` (see ``BackpressureAwareEventSink``)."""

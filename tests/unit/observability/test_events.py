@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from prometheus_client import CollectorRegistry
 
 from stageflow_otel import CollectingEventSink, FanOutEventSink, Pipeline, StageGraph
+from stageflow_otel.core.events import rfc3339_ns
 from stageflow_otel.observability import Telemetry
 from stageflow_otel.observability.sinks import SpanEventSink, event_to_log_record
 from stageflow_otel.testing import InMemoryTelemetry, in_memory_telemetry
@@ -129,7 +130,12 @@ async def test_otel_log_event_sink_exports_each_event_as_a_log_record(
     records = [item.log_record for item in log_exporter.get_finished_logs()]
     assert [record.event_name for record in records] == events.types
     for record, event in zip(records, events.events, strict=True):
-        assert record.body == dict(event.data)
+        # The body is the payload but for its time and trace context: the record's own fields.
+        payload = dict(event.data)
+        timestamp = payload.pop("timestamp")
+        payload.pop("trace_flags")
+        assert record.body == {k: v for k, v in payload.items() if k not in ("trace_id", "span_id")}
+        assert rfc3339_ns(record.timestamp or 0) == timestamp
         trace_id, span_id = ids_of(event.data)
         assert (format(record.trace_id or 0, "032x"), format(record.span_id or 0, "016x")) == (
             trace_id,
@@ -146,7 +152,6 @@ async def test_otel_log_event_sink_exports_each_event_as_a_log_record(
         "error_type": "ValueError",
         "pipeline_run_id": failed.body["pipeline_run_id"],  # type: ignore[index,call-overload]
         "pipeline": "checkout",
-        "timestamp": failed.body["timestamp"],  # type: ignore[index,call-overload]
     }
     finished = records[-1]
     assert finished.event_name == "pipeline.failed"
