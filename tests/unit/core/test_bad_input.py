@@ -1,0 +1,395 @@
+"""Every mistake a user can make when declaring, building or running a pipeline is a clear error.
+
+One table: each row calls a public entry point with one bad argument and says which error must
+come out and which fragments its message must hold (the parameter, the stage or pipeline, the
+value given). Nothing raw (a comparison error, ``'int' object is not iterable``) may escape.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+
+from stageflow_otel.core import (
+    CollectingEventSink,
+    Pipeline,
+    PipelineValidationError,
+    RetryInterceptor,
+    RunHook,
+    StageCall,
+    StageContext,
+    StageOutput,
+    StageReturn,
+    stage_fn,
+)
+from stageflow_otel.core.interceptors import CallNext
+
+
+async def noop(ctx: StageContext) -> StageReturn:
+    return None
+
+
+async def not_a_stage() -> None:
+    return None
+
+
+class SyncIntercept:
+    name = "sync"
+
+    def intercept(self, call: StageCall, call_next: CallNext) -> StageOutput:
+        raise AssertionError("never called")
+
+
+class Nameless:
+    name = ""
+
+    async def intercept(self, call: StageCall, call_next: CallNext) -> StageOutput:
+        return await call_next(call)
+
+
+class ExporterOnly:
+    def export(self, batch: object) -> bool:
+        return True
+
+
+class HasHooks:
+    """Like a ``Telemetry``: an object that carries hooks but is not one."""
+
+    hooks = (RunHook(),)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad call, the error it must raise, and what its message must say."""
+
+    id: str
+    call: Callable[[], Any]
+    error: type[Exception]
+    fragments: tuple[str, ...]
+
+    def param(self) -> Any:
+        return pytest.param(self, id=self.id)
+
+
+def stage(**kwargs: Any) -> Callable[[], Any]:
+    """``Pipeline('p').with_stage('a', noop, **kwargs)``, deferred."""
+    runner = kwargs.pop("runner", noop)
+    return lambda: Pipeline("p").with_stage("a", runner, **kwargs)
+
+
+def build(**kwargs: Any) -> Callable[[], Any]:
+    return lambda: Pipeline("p").with_stage("a", noop).build(**kwargs)
+
+
+def run(**kwargs: Any) -> Callable[[], Any]:
+    async def go() -> None:
+        with anyio.fail_after(5):
+            await Pipeline("p").with_stage("a", noop).run(**kwargs)
+
+    return lambda: anyio.run(go)
+
+
+def run_graph(**kwargs: Any) -> Callable[[], Any]:
+    async def go() -> None:
+        with anyio.fail_after(5):
+            await Pipeline("p").with_stage("a", noop).build(hooks=[]).run(**kwargs)
+
+    return lambda: anyio.run(go)
+
+
+PVE = PipelineValidationError
+STAGE = "stage 'a'"
+PIPELINE = "pipeline 'p'"
+
+WITH_STAGE = [
+    # timeout
+    Case("timeout-str", stage(timeout="5"), PVE, (STAGE, "timeout", "'5' (str)", "or None")),
+    Case("timeout-bool", stage(timeout=True), PVE, (STAGE, "timeout", "True (bool)")),
+    Case("timeout-list", stage(timeout=[5]), PVE, (STAGE, "timeout", "[5] (list)")),
+    Case("timeout-zero", stage(timeout=0), PVE, (STAGE, "timeout", "0 (int)", "positive")),
+    Case("timeout-negative", stage(timeout=-1.5), PVE, (STAGE, "timeout", "-1.5 (float)")),
+    Case("timeout-nan", stage(timeout=math.nan), PVE, (STAGE, "timeout", "nan (float)")),
+    Case("timeout-inf", stage(timeout=math.inf), PVE, (STAGE, "timeout", "inf (float)", "None")),
+    # dependencies and after
+    Case("deps-int", stage(dependencies=5), PVE, (STAGE, "dependencies", "5 (int)", "list")),
+    Case("deps-str", stage(dependencies="b"), PVE, (STAGE, "dependencies", "'b'", "['b']")),
+    Case("deps-bytes", stage(dependencies=b"b"), PVE, (STAGE, "dependencies", "b'b' (bytes)")),
+    Case("deps-dict", stage(dependencies={"b": 1}), PVE, (STAGE, "dependencies", "(dict)")),
+    Case("deps-item-int", stage(dependencies=[5]), PVE, (STAGE, "dependencies[0]", "5 (int)")),
+    Case(
+        "deps-item-list",
+        stage(dependencies=[["b"]]),
+        PVE,
+        (STAGE, "dependencies[0]", "['b'] (list)", "stage name"),
+    ),
+    Case("deps-item-empty", stage(dependencies=["b", ""]), PVE, (STAGE, "dependencies[1]", "''")),
+    Case("deps-item-none", stage(dependencies=[None]), PVE, (STAGE, "dependencies[0]", "None")),
+    Case("after-int", stage(after=5), PVE, (STAGE, "after", "5 (int)")),
+    Case("after-str", stage(after="b"), PVE, (STAGE, "after", "['b']")),
+    Case("after-item", stage(after=[1.5]), PVE, (STAGE, "after[0]", "1.5 (float)")),
+    # interceptors
+    Case("icp-item-int", stage(interceptors=[42]), PVE, (STAGE, "interceptors[0]", "42 (int)")),
+    Case("icp-int", stage(interceptors=42), PVE, (STAGE, "interceptors", "42 (int)", "list")),
+    Case("icp-none", stage(interceptors=None), PVE, (STAGE, "interceptors", "None", "[]")),
+    Case("icp-str", stage(interceptors="retry"), PVE, (STAGE, "interceptors", "'retry' (str)")),
+    Case(
+        "icp-single",
+        stage(interceptors=RetryInterceptor()),
+        PVE,
+        (STAGE, "interceptors", "single interceptor", "interceptors=[RetryInterceptor(...)]"),
+    ),
+    Case(
+        "icp-class",
+        stage(interceptors=[RetryInterceptor]),
+        PVE,
+        (STAGE, "interceptors[0]", "class RetryInterceptor", "RetryInterceptor()"),
+    ),
+    Case(
+        "icp-sync",
+        stage(interceptors=[SyncIntercept()]),
+        PVE,
+        (STAGE, "interceptors[0]", "SyncIntercept.intercept", "async def"),
+    ),
+    Case("icp-nameless", stage(interceptors=[Nameless()]), PVE, (STAGE, "interceptors[0]", "name")),
+    # conditional, kind, runner, name
+    Case("conditional-str", stage(conditional="yes"), PVE, (STAGE, "conditional", "'yes' (str)")),
+    Case("conditional-none", stage(conditional=None), PVE, (STAGE, "conditional", "None")),
+    Case("conditional-int", stage(conditional=1), PVE, (STAGE, "conditional", "1 (int)")),
+    Case("kind-int", stage(kind=5), PVE, (STAGE, "kind", "5 (int)", "'transform'")),
+    Case("kind-unknown", stage(kind="bogus"), PVE, (STAGE, "unknown kind 'bogus'", "'guard'")),
+    Case("runner-none", stage(runner=None), PVE, (STAGE, "runner", "None", "async def f(ctx)")),
+    Case("runner-int", stage(runner=42), PVE, (STAGE, "runner", "42 (int)")),
+    Case(
+        "runner-declares-bad-kind",
+        stage(runner=type("K", (), {"kind": "bogus", "execute": noop})()),
+        PVE,
+        (STAGE, "kind 'bogus'"),
+    ),
+    Case(
+        "name-int",
+        lambda: Pipeline("p").with_stage(5, noop),  # type: ignore[arg-type]
+        PVE,
+        ("stage name", "5 (int)"),
+    ),
+    Case("name-empty", lambda: Pipeline("p").with_stage("", noop), PVE, ("stage name", "''")),
+    Case(
+        "name-none",
+        lambda: Pipeline("p").with_stage(None, noop),  # type: ignore[arg-type]
+        PVE,
+        ("stage name", "None"),
+    ),
+    Case(
+        "duplicate-name",
+        lambda: Pipeline("p").with_stage("a", noop).with_stage("a", noop),
+        PVE,
+        (PIPELINE, "already has a stage named 'a'"),
+    ),
+]
+
+PIPELINE_CASES = [
+    Case("pipeline-name-int", lambda: Pipeline(5), PVE, ("pipeline name", "5 (int)")),  # type: ignore[arg-type]
+    Case("pipeline-name-none", lambda: Pipeline(None), PVE, ("pipeline name", "None")),  # type: ignore[arg-type]
+    Case("pipeline-stages-int", lambda: Pipeline("p", 5), PVE, (PIPELINE, "stages", "5 (int)")),  # type: ignore[arg-type]
+    Case(
+        "pipeline-stages-item",
+        lambda: Pipeline("p", ["a"]),  # type: ignore[list-item]
+        PVE,
+        (PIPELINE, "stages[0]", "'a' (str)", "StageSpec"),
+    ),
+    Case(
+        "compose-int",
+        lambda: Pipeline("p").compose(5),  # type: ignore[arg-type]
+        PVE,
+        (PIPELINE, "compose()", "5 (int)"),
+    ),
+    Case(
+        "stage-fn-kind",
+        lambda: stage_fn(kind="bogus"),
+        PVE,
+        ("stage_fn()", "kind", "'bogus' (str)"),
+    ),
+    Case(
+        "stage-fn-name",
+        lambda: stage_fn(name=""),
+        PVE,
+        ("stage_fn()", "name", "''"),
+    ),
+    Case(
+        "stage-fn-target",
+        lambda: stage_fn()(42),  # type: ignore[arg-type]
+        PVE,
+        ("stage_fn()", "42 (int)"),
+    ),
+]
+
+BUILD = [
+    Case("build-icp-item", build(interceptors=[object()]), PVE, (PIPELINE, "interceptors[0]")),
+    Case("build-icp-int", build(interceptors=42), PVE, (PIPELINE, "interceptors", "42 (int)")),
+    Case("build-icp-none", build(interceptors=None), PVE, (PIPELINE, "interceptors", "None")),
+    Case("build-hooks-item", build(hooks=[object()]), PVE, (PIPELINE, "hooks[0]", "RunHook")),
+    Case("build-hooks-int", build(hooks=5), PVE, (PIPELINE, "hooks", "5 (int)")),
+    Case("build-hooks-one", build(hooks=RunHook()), PVE, (PIPELINE, "hooks", "hooks=[hook]")),
+    Case("build-hooks-class", build(hooks=[RunHook]), PVE, (PIPELINE, "hooks[0]", "RunHook()")),
+    Case("build-hooks-owner", build(hooks=HasHooks()), PVE, (PIPELINE, "hooks", ".hooks")),
+    Case("build-sink-int", build(event_sink=5), PVE, (PIPELINE, "event_sink", "5 (int)")),
+    Case(
+        "build-sink-class",
+        build(event_sink=CollectingEventSink),
+        PVE,
+        (PIPELINE, "event_sink", "class CollectingEventSink", "CollectingEventSink()"),
+    ),
+    Case(
+        "build-sink-exporter",
+        build(event_sink=ExporterOnly()),
+        PVE,
+        (PIPELINE, "event_sink", "BackpressureAwareEventSink(exporter)"),
+    ),
+    Case("build-mode-str", build(failure_mode="x"), PVE, (PIPELINE, "failure_mode", "'x' (str)")),
+    Case("build-mode-none", build(failure_mode=None), PVE, (PIPELINE, "failure_mode", "None")),
+    Case("build-mode-list", build(failure_mode=[]), PVE, (PIPELINE, "failure_mode", "[] (list)")),
+    Case(
+        "build-concurrency-str",
+        build(max_concurrency="3"),
+        PVE,
+        (PIPELINE, "max_concurrency", "'3' (str)", "or None"),
+    ),
+    Case(
+        "build-concurrency-bool",
+        build(max_concurrency=True),
+        PVE,
+        (PIPELINE, "max_concurrency", "True (bool)"),
+    ),
+    Case(
+        "build-concurrency-float",
+        build(max_concurrency=2.5),
+        PVE,
+        (PIPELINE, "max_concurrency", "2.5 (float)"),
+    ),
+    Case("build-concurrency-zero", build(max_concurrency=0), PVE, (PIPELINE, "max_concurrency")),
+    Case("build-depth-neg", build(max_depth=-1), PVE, (PIPELINE, "max_depth", "-1 (int)")),
+    Case("build-depth-str", build(max_depth="5"), PVE, (PIPELINE, "max_depth", "'5' (str)")),
+    Case("build-depth-none", build(max_depth=None), PVE, (PIPELINE, "max_depth", "None")),
+    Case(
+        "build-wide-str",
+        build(emit_stage_wide_events="yes"),
+        PVE,
+        (PIPELINE, "emit_stage_wide_events", "'yes' (str)"),
+    ),
+    Case(
+        "build-wide-none",
+        build(emit_pipeline_wide_event=None),
+        PVE,
+        (PIPELINE, "emit_pipeline_wide_event", "None"),
+    ),
+    Case(
+        "build-cleanup-neg",
+        build(cleanup_timeout=-1),
+        PVE,
+        (PIPELINE, "cleanup_timeout", "-1 (int)", "positive"),
+    ),
+    Case("build-cleanup-zero", build(cleanup_timeout=0), PVE, (PIPELINE, "cleanup_timeout")),
+    Case(
+        "build-cleanup-str", build(cleanup_timeout="10"), PVE, (PIPELINE, "cleanup_timeout", "'10'")
+    ),
+    Case("build-cleanup-none", build(cleanup_timeout=None), PVE, (PIPELINE, "cleanup_timeout")),
+    Case(
+        "build-cleanup-nan",
+        build(cleanup_timeout=math.nan),
+        PVE,
+        (PIPELINE, "cleanup_timeout", "nan"),
+    ),
+]
+
+RUN = [
+    Case("run-data-int", run(data=5), TypeError, (PIPELINE, "data", "5 (int)", "mapping")),
+    Case("run-data-list", run(data=[("a", 1)]), TypeError, (PIPELINE, "data", "(list)")),
+    Case("run-identity", run(identity="r-1"), TypeError, (PIPELINE, "identity", "'r-1' (str)")),
+    Case("run-token", run(cancel_token=True), TypeError, (PIPELINE, "cancel_token", "True")),
+    Case("run-sink", run(event_sink=print), TypeError, (PIPELINE, "event_sink", "EventSink")),
+    Case("run-hooks-item", run(hooks=[object()]), TypeError, (PIPELINE, "hooks[0]", "RunHook")),
+    Case("run-hooks-str", run(hooks="tracing"), TypeError, (PIPELINE, "hooks", "'tracing'")),
+    Case("run-traceparent", run(traceparent=5), TypeError, (PIPELINE, "traceparent", "5 (int)")),
+    Case("run-icp", run(interceptors=[42]), PVE, (PIPELINE, "interceptors[0]", "42 (int)")),
+    Case("run-icp-none", run(interceptors=None), PVE, (PIPELINE, "interceptors", "None")),
+    Case("run-mode", run(failure_mode="x"), PVE, (PIPELINE, "failure_mode", "'x'")),
+    Case("run-concurrency", run(max_concurrency="3"), PVE, (PIPELINE, "max_concurrency", "'3'")),
+    Case("graph-run-data", run_graph(data=5), TypeError, (PIPELINE, "data", "5 (int)")),
+    Case("graph-run-hooks", run_graph(hooks=[42]), TypeError, (PIPELINE, "hooks[0]", "42 (int)")),
+    Case("graph-run-sink", run_graph(event_sink=object()), TypeError, (PIPELINE, "event_sink")),
+]
+
+
+@pytest.mark.parametrize("case", [c.param() for c in (*WITH_STAGE, *PIPELINE_CASES, *BUILD, *RUN)])
+def test_a_bad_argument_is_a_clear_error_where_it_is_given(case: Case) -> None:
+    with pytest.raises(Exception) as info:
+        case.call()
+    assert isinstance(info.value, case.error), repr(info.value)
+    message = str(info.value)
+    missing = [fragment for fragment in case.fragments if fragment not in message]
+    assert missing == [], message
+
+
+def test_builder_errors_name_their_stage_and_code() -> None:
+    with pytest.raises(PipelineValidationError) as info:
+        Pipeline("p").with_stage("a", noop, dependencies=[["b"]])  # type: ignore[list-item]
+    assert info.value.code == "CONTRACT-004-INVALID"
+    assert info.value.stages == ("a",)
+    with pytest.raises(PipelineValidationError) as info:
+        Pipeline("p").with_stage("a", noop, interceptors=[42])  # type: ignore[list-item]
+    assert info.value.stages == ("a",)
+
+
+def test_a_coroutine_passed_as_runner_is_closed_and_explained() -> None:
+    coroutine = not_a_stage()
+    with pytest.raises(PipelineValidationError) as info:
+        Pipeline("p").with_stage("a", coroutine)
+    assert "runner is a coroutine" in str(info.value)
+    assert "with_stage('a', not_a_stage)" in str(info.value)
+    assert inspect.getcoroutinestate(coroutine) == "CORO_CLOSED"  # no "never awaited" warning
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"timeout": 0.5},
+        {"timeout": 2},
+        {"timeout": None},
+        {"dependencies": ("b",), "after": ["b"]},
+        {"dependencies": iter(["b"])},
+        {"interceptors": (RetryInterceptor(),)},
+        {"conditional": True},
+        {"kind": "guard"},
+    ],
+)
+def test_good_arguments_still_build(kwargs: dict[str, Any]) -> None:
+    pipeline = Pipeline("p").with_stage("b", noop).with_stage("a", noop, **kwargs)
+    assert pipeline.build(cleanup_timeout=math.inf, max_concurrency=None).stage_names == ("b", "a")
+
+
+def test_a_pipeline_run_still_accepts_a_list_of_interceptors_and_reuses_its_graph() -> None:
+    pipeline = Pipeline("p").with_stage("a", noop)
+    anyio.run(lambda: pipeline.run(interceptors=[]))
+    first = pipeline._graph_cache
+    anyio.run(lambda: pipeline.run(interceptors=()))
+    assert first is not None
+    assert pipeline._graph_cache is first
+
+
+def test_dot_and_mermaid_draw_a_missing_dependency_instead_of_dropping_it() -> None:
+    pipeline = Pipeline("gap").with_stage("a", noop).with_stage("b", noop, dependencies=["x"])
+    assert pipeline.to_mermaid().splitlines() == [
+        "flowchart LR",
+        '  s0["a (transform)"]',
+        '  s1["b (transform)"]',
+        '  m0["x (missing)"]',
+        "  m0 --> s1",
+    ]
+    dot = pipeline.to_dot().splitlines()
+    assert '  "x" [label="x (missing)"];' in dot
+    assert '  "x" -> "b";' in dot
