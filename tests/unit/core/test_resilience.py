@@ -143,7 +143,7 @@ async def test_exhausted_retries_fail_with_the_last_exception_and_say_so() -> No
     assert output.metadata["error_type"] == "stageflow_otel.core.errors.ServiceUnavailableError"
     assert error.original is stage.raised[-1]
     assert error.__cause__ is stage.raised[-1]
-    assert str(error) == "stage 's' failed: stage 's' failed after 3 attempts: down"
+    assert str(error) == "stage 's' failed after 3 attempts: down"
 
 
 async def test_a_retried_stage_ends_ok_and_the_run_counts_its_attempts() -> None:
