@@ -16,7 +16,7 @@ import inspect
 import math
 import reprlib
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal, overload
 
 from .interceptors import RunHook
 
@@ -72,6 +72,24 @@ def is_async_callable(obj: object) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+@overload
+def check_seconds(
+    name: str,
+    value: object,
+    *,
+    allow_zero: bool = ...,
+    allow_none: Literal[False] = ...,
+    allow_inf: bool = ...,
+) -> float: ...
+@overload
+def check_seconds(
+    name: str,
+    value: object,
+    *,
+    allow_zero: bool = ...,
+    allow_none: bool,
+    allow_inf: bool = ...,
+) -> float | None: ...
 def check_seconds(
     name: str,
     value: object,
@@ -102,6 +120,14 @@ def check_seconds(
     return seconds
 
 
+@overload
+def check_count(
+    name: str, value: object, *, minimum: int = ..., allow_none: Literal[False] = ...
+) -> int: ...
+@overload
+def check_count(
+    name: str, value: object, *, minimum: int = ..., allow_none: bool
+) -> int | None: ...
 def check_count(
     name: str, value: object, *, minimum: int = 1, allow_none: bool = False
 ) -> int | None:
@@ -132,6 +158,10 @@ def check_bool(name: str, value: object) -> bool:
     return value
 
 
+@overload
+def check_name(name: str, value: object, *, allow_none: Literal[False] = ...) -> str: ...
+@overload
+def check_name(name: str, value: object, *, allow_none: bool) -> str | None: ...
 def check_name(name: str, value: object, *, allow_none: bool = False) -> str | None:
     """A non-empty string.
 
@@ -165,6 +195,19 @@ def check_callable(
     return value
 
 
+@overload
+def sequence_of(
+    name: str,
+    value: object,
+    *,
+    item: str,
+    allow_none: Literal[False] = ...,
+    where: str = ...,
+) -> tuple[Any, ...]: ...
+@overload
+def sequence_of(
+    name: str, value: object, *, item: str, allow_none: bool, where: str = ...
+) -> tuple[Any, ...] | None: ...
 def sequence_of(
     name: str, value: object, *, item: str, allow_none: bool = False, where: str = ""
 ) -> tuple[Any, ...] | None:
@@ -266,7 +309,6 @@ def check_hooks(name: str, value: object, *, where: str = "") -> tuple[RunHook, 
     hooks = sequence_of(
         name, value, item="RunHook instances, or None for the installed extensions", where=where
     )
-    assert hooks is not None
     for index, hook in enumerate(hooks):
         if isinstance(hook, type):
             raise TypeError(

@@ -141,7 +141,6 @@ def _dependency_names(name: str, dependencies: object, after: object) -> tuple[s
             items = sequence_of(param, source, item="stage names, or None")
         except TypeError as exc:
             raise PipelineValidationError(f"stage {name!r}: {exc}", stages=(name,)) from None
-        assert items is not None
         for index, dep in enumerate(items):
             if not isinstance(dep, str) or not dep:
                 raise PipelineValidationError(
@@ -173,7 +172,6 @@ def interceptor_chain(
         items = sequence_of(param, value, item="interceptors ([] for none)")
     except TypeError as exc:
         raise PipelineValidationError(f"{where}{exc}", stages=stages) from None
-    assert items is not None
     for index, item in enumerate(items):
         problem = interceptor_problem(item)
         if problem is not None:
@@ -316,7 +314,6 @@ class Pipeline:
             specs = sequence_of("stages", stages, item="StageSpec (another pipeline's .specs)")
         except TypeError as exc:
             raise PipelineValidationError(f"pipeline {name!r}: {exc}") from None
-        assert specs is not None
         self.name = name
         log = _StageLog([], {})
         for index, spec in enumerate(specs):

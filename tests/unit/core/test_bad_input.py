@@ -17,18 +17,37 @@ import anyio
 import pytest
 
 from stageflow_otel.core import (
+    BackpressureAwareEventSink,
+    CancellationToken,
+    CircuitBreakerInterceptor,
+    CleanupRegistry,
     CollectingEventSink,
+    FanOutEventSink,
+    IdempotencyInterceptor,
+    LoggingEventSink,
     Pipeline,
     PipelineValidationError,
     RetryInterceptor,
     RunHook,
+    RunIdentity,
     StageCall,
     StageContext,
+    StageExecutionError,
     StageOutput,
     StageReturn,
+    StructuredTaskGroup,
+    SubpipelineSpawner,
+    TimeoutInterceptor,
     stage_fn,
 )
 from stageflow_otel.core.interceptors import CallNext
+from stageflow_otel.tools import (
+    ApprovalService,
+    ToolDefinitionError,
+    ToolExecutor,
+    ToolRegistry,
+    UndoStore,
+)
 
 
 async def noop(ctx: StageContext) -> StageReturn:
@@ -325,7 +344,310 @@ RUN = [
 ]
 
 
-@pytest.mark.parametrize("case", [c.param() for c in (*WITH_STAGE, *PIPELINE_CASES, *BUILD, *RUN)])
+def spawn(**kwargs: Any) -> Callable[[], Any]:
+    """A stage ``s`` that spawns a child pipeline with ``kwargs``; the run's error, re-raised."""
+    child = Pipeline("child").with_stage("c", noop)
+    kwargs.setdefault("pipeline", child)
+
+    async def spawner(ctx: StageContext) -> StageReturn:
+        await ctx.spawn_subpipeline(**kwargs)
+        return None
+
+    async def go() -> None:
+        with anyio.fail_after(5):
+            await Pipeline("parent").with_stage("s", spawner).run()
+
+    def call() -> None:
+        try:
+            anyio.run(go)
+        except StageExecutionError as exc:
+            raise (exc.original or exc) from None
+
+    return call
+
+
+def calling(function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Callable[[], Any]:
+    """``function(*args, **kwargs)``, deferred (and unchecked by mypy: the point is bad input)."""
+    return lambda: function(*args, **kwargs)
+
+
+CONSTRUCTORS = [
+    # event sinks
+    Case(
+        "bp-batch-default-follows-queue",
+        calling(BackpressureAwareEventSink, CollectingEventSink(), max_queue_size="10"),
+        TypeError,
+        ("BackpressureAwareEventSink", "max_queue_size", "'10' (str)"),
+    ),
+    Case(
+        "bp-batch-over-queue",
+        calling(
+            BackpressureAwareEventSink, CollectingEventSink(), max_queue_size=10, max_batch_size=20
+        ),
+        ValueError,
+        ("BackpressureAwareEventSink", "max_batch_size (20)", "max_queue_size (10)"),
+    ),
+    Case(
+        "bp-queue-zero",
+        calling(BackpressureAwareEventSink, CollectingEventSink(), max_queue_size=0),
+        ValueError,
+        ("max_queue_size", "0 (int)"),
+    ),
+    Case(
+        "bp-flush-bool",
+        calling(BackpressureAwareEventSink, CollectingEventSink(), flush_interval=True),
+        TypeError,
+        ("flush_interval", "True (bool)"),
+    ),
+    Case(
+        "bp-retries-neg",
+        calling(BackpressureAwareEventSink, CollectingEventSink(), max_retries=-1),
+        ValueError,
+        ("max_retries", "-1 (int)"),
+    ),
+    Case(
+        "bp-policy",
+        calling(BackpressureAwareEventSink, CollectingEventSink(), policy=None),
+        ValueError,
+        ("policy", "None", "'drop_newest'"),
+    ),
+    Case(
+        "bp-name",
+        calling(BackpressureAwareEventSink, CollectingEventSink(), name=""),
+        ValueError,
+        ("name", "''"),
+    ),
+    Case(
+        "bp-listener",
+        calling(BackpressureAwareEventSink, CollectingEventSink(), listener=5),
+        TypeError,
+        ("listener", "5 (int)"),
+    ),
+    Case(
+        "bp-backend",
+        calling(BackpressureAwareEventSink, CollectingEventSink(), backend="curio"),
+        ValueError,
+        ("backend", "'curio' (str)"),
+    ),
+    Case(
+        "logging-level",
+        calling(LoggingEventSink, level="LOUD"),
+        ValueError,
+        ("LoggingEventSink", "level", "'LOUD' (str)", "INFO"),
+    ),
+    Case(
+        "logging-level-none",
+        calling(LoggingEventSink, level=None),
+        TypeError,
+        ("LoggingEventSink", "level", "None"),
+    ),
+    Case(
+        "logging-logger-name",
+        calling(LoggingEventSink, logger_name=5),
+        TypeError,
+        ("LoggingEventSink", "logger_name", "5 (int)"),
+    ),
+    Case(
+        "fanout-int",
+        calling(FanOutEventSink, 5),
+        TypeError,
+        ("FanOutEventSink", "sinks", "5 (int)"),
+    ),
+    Case(
+        "fanout-item",
+        calling(FanOutEventSink, [CollectingEventSink(), "log"]),
+        TypeError,
+        ("FanOutEventSink", "sinks[1]", "'log' (str)"),
+    ),
+    # interceptors
+    Case(
+        "timeout-icp-bool",
+        calling(TimeoutInterceptor, True),
+        TypeError,
+        ("TimeoutInterceptor", "default", "True (bool)"),
+    ),
+    Case(
+        "timeout-icp-per-stage",
+        calling(TimeoutInterceptor, per_stage=[("a", 1.0)]),
+        TypeError,
+        ("TimeoutInterceptor", "per_stage", "(list)"),
+    ),
+    Case(
+        "timeout-icp-per-stage-value",
+        calling(TimeoutInterceptor, per_stage={"a": "5"}),
+        TypeError,
+        ("TimeoutInterceptor", "per_stage['a']", "'5' (str)"),
+    ),
+    Case(
+        "timeout-icp-per-stage-key",
+        calling(TimeoutInterceptor, per_stage={1: 5.0}),
+        TypeError,
+        ("TimeoutInterceptor", "per_stage keys", "1 (int)"),
+    ),
+    Case(
+        "retry-attempts",
+        calling(RetryInterceptor, "3"),
+        TypeError,
+        ("RetryInterceptor", "max_attempts", "'3' (str)"),
+    ),
+    Case(
+        "retry-on-int",
+        calling(RetryInterceptor, retry_on=5),
+        TypeError,
+        ("RetryInterceptor", "retry_on", "5 (int)"),
+    ),
+    Case(
+        "retry-status",
+        calling(RetryInterceptor, retry_on_status="yes"),
+        TypeError,
+        ("RetryInterceptor", "retry_on_status", "'yes' (str)"),
+    ),
+    Case(
+        "retry-sleep",
+        calling(RetryInterceptor, sleep=None),
+        TypeError,
+        ("RetryInterceptor", "sleep", "None"),
+    ),
+    Case(
+        "retry-backoff",
+        calling(RetryInterceptor, backoff=None),
+        ValueError,
+        ("RetryInterceptor", "backoff", "None", "exponential"),
+    ),
+    Case(
+        "breaker-threshold",
+        calling(CircuitBreakerInterceptor, "5"),
+        TypeError,
+        ("CircuitBreakerInterceptor", "failure_threshold", "'5' (str)"),
+    ),
+    Case(
+        "breaker-clock",
+        calling(CircuitBreakerInterceptor, clock=1.0),
+        TypeError,
+        ("CircuitBreakerInterceptor", "clock", "1.0 (float)"),
+    ),
+    Case(
+        "idempotency-ttl",
+        calling(IdempotencyInterceptor, ttl=True),
+        TypeError,
+        ("IdempotencyInterceptor", "ttl", "True (bool)"),
+    ),
+    Case(
+        "idempotency-store",
+        calling(IdempotencyInterceptor, {}),
+        TypeError,
+        ("IdempotencyInterceptor", "store", "{} (dict)"),
+    ),
+    Case(
+        "idempotency-key",
+        calling(IdempotencyInterceptor, key="order-1"),
+        TypeError,
+        ("IdempotencyInterceptor", "key", "'order-1' (str)", "callable"),
+    ),
+    # cancellation, identity, subpipelines
+    Case(
+        "token-reason",
+        calling(CancellationToken().cancel, 5),
+        TypeError,
+        ("CancellationToken.cancel", "reason", "5 (int)"),
+    ),
+    Case(
+        "token-callback",
+        calling(CancellationToken().on_cancel, "stop"),
+        TypeError,
+        ("CancellationToken.on_cancel", "callback", "'stop' (str)"),
+    ),
+    Case(
+        "cleanup-register",
+        calling(CleanupRegistry().register, None),
+        TypeError,
+        ("CleanupRegistry.register", "callback", "None"),
+    ),
+    Case(
+        "cleanup-timeout",
+        calling(anyio.run, lambda: CleanupRegistry().run_all(timeout=-1)),
+        ValueError,
+        ("CleanupRegistry.run_all", "timeout", "-1 (int)"),
+    ),
+    Case(
+        "task-group-cleanup",
+        calling(StructuredTaskGroup, cleanup_timeout="5"),
+        TypeError,
+        ("StructuredTaskGroup", "cleanup_timeout", "'5' (str)"),
+    ),
+    Case(
+        "identity-run-id",
+        calling(RunIdentity, pipeline_run_id=5),
+        TypeError,
+        ("RunIdentity", "pipeline_run_id", "5 (int)"),
+    ),
+    Case(
+        "identity-user",
+        calling(RunIdentity, user_id=42),
+        TypeError,
+        ("RunIdentity", "user_id", "42 (int)"),
+    ),
+    Case(
+        "spawner-depth",
+        calling(SubpipelineSpawner, max_depth=-1),
+        ValueError,
+        ("SubpipelineSpawner", "max_depth", "-1 (int)"),
+    ),
+    Case(
+        "spawn-pipeline",
+        spawn(pipeline="child"),
+        TypeError,
+        ("stage 's'", "spawn_subpipeline()", "'child' (str)"),
+    ),
+    Case(
+        "spawn-data",
+        spawn(data=5),
+        TypeError,
+        ("stage 's'", "data", "5 (int)"),
+    ),
+    Case(
+        "spawn-inherit",
+        spawn(inherit="user"),
+        TypeError,
+        ("stage 's'", "inherit", "'user' (str)"),
+    ),
+    # tools
+    Case(
+        "tool-executor-registry",
+        calling(ToolExecutor, []),
+        TypeError,
+        ("ToolExecutor", "registry", "[] (list)"),
+    ),
+    Case(
+        "tool-executor-timeout",
+        calling(ToolExecutor, ToolRegistry(), approval_timeout="60"),
+        TypeError,
+        ("ToolExecutor", "approval_timeout", "'60' (str)"),
+    ),
+    Case(
+        "approval-history",
+        calling(ApprovalService, history=-1),
+        ValueError,
+        ("ApprovalService", "history", "-1 (int)"),
+    ),
+    Case(
+        "undo-ttl",
+        calling(UndoStore, default_ttl="1h"),
+        TypeError,
+        ("UndoStore", "default_ttl", "'1h' (str)"),
+    ),
+    Case(
+        "tool-registry",
+        calling(ToolRegistry, 5),
+        ToolDefinitionError,
+        ("ToolRegistry", "tools", "5 (int)"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "case", [c.param() for c in (*WITH_STAGE, *PIPELINE_CASES, *BUILD, *RUN, *CONSTRUCTORS)]
+)
 def test_a_bad_argument_is_a_clear_error_where_it_is_given(case: Case) -> None:
     with pytest.raises(Exception) as info:
         case.call()
@@ -393,3 +715,31 @@ def test_dot_and_mermaid_draw_a_missing_dependency_instead_of_dropping_it() -> N
     dot = pipeline.to_dot().splitlines()
     assert '  "x" [label="x (missing)"];' in dot
     assert '  "x" -> "b";' in dot
+
+
+def test_the_batch_size_follows_a_small_queue_and_an_explicit_one_is_kept() -> None:
+    small = BackpressureAwareEventSink(CollectingEventSink(), max_queue_size=10)
+    large = BackpressureAwareEventSink(CollectingEventSink())
+    explicit = BackpressureAwareEventSink(
+        CollectingEventSink(), max_queue_size=10, max_batch_size=3
+    )
+    try:
+        assert small._max_batch == 10
+        assert large._max_batch == 512
+        assert explicit._max_batch == 3
+    finally:
+        for sink in (small, large, explicit):
+            sink.shutdown()
+
+
+def test_the_logging_sink_accepts_none_as_data_like_stageflow_core(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = LoggingEventSink(level="info", logger_name="test.events")
+    with caplog.at_level("INFO", logger="test.events"):
+        sink.try_emit(type="custom.event", data=None)
+        anyio.run(lambda: sink.emit(type="other.event", data=None))
+    assert [(r.getMessage(), r.event_data) for r in caplog.records] == [  # type: ignore[attr-defined]
+        ("custom.event {}", {}),
+        ("other.event {}", {}),
+    ]
