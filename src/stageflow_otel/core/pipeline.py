@@ -77,6 +77,26 @@ def _declared_kind(name: str, runner: Any) -> StageKind | None:
         ) from None
 
 
+def _check_constructible(name: str, cls: type) -> None:
+    """A stage class is instantiated for every execution, without arguments."""
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):  # no signature to read (a builtin): let it be
+        return
+    required = [
+        p.name
+        for p in signature.parameters.values()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if required:
+        raise PipelineValidationError(
+            f"stage {name!r}: class {cls.__qualname__} is instantiated for every execution "
+            f"without arguments, but its constructor requires {', '.join(required)}",
+            stages=(name,),
+            fix_hint=f"pass an instance instead: with_stage({name!r}, {cls.__qualname__}(...))",
+        )
+
+
 def _resolve_runner(name: str, runner: Any) -> tuple[Invoke, str, StageKind | None]:
     """Turn a runner into ``invoke(ctx)``, a function name, and the kind it declares."""
     if inspect.iscoroutine(runner):
@@ -96,6 +116,7 @@ def _resolve_runner(name: str, runner: Any) -> tuple[Invoke, str, StageKind | No
                 stages=(name,),
                 fix_hint="implement `async def execute(self, ctx)` or pass a function",
             )
+        _check_constructible(name, runner)
         cls = runner
 
         async def invoke_class(ctx: StageContext) -> StageReturn:

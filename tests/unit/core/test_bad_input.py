@@ -72,6 +72,14 @@ class Nameless:
         return await call_next(call)
 
 
+class NeedsConfig:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    async def execute(self, ctx: StageContext) -> StageReturn:
+        return None
+
+
 class ExporterOnly:
     def export(self, batch: object) -> bool:
         return True
@@ -184,6 +192,12 @@ WITH_STAGE = [
     Case("kind-unknown", stage(kind="bogus"), PVE, (STAGE, "unknown kind 'bogus'", "'guard'")),
     Case("runner-none", stage(runner=None), PVE, (STAGE, "runner", "None", "async def f(ctx)")),
     Case("runner-int", stage(runner=42), PVE, (STAGE, "runner", "42 (int)")),
+    Case(
+        "runner-class-needs-arguments",
+        stage(runner=NeedsConfig),
+        PVE,
+        (STAGE, "class NeedsConfig", "requires config", "NeedsConfig(...)"),
+    ),
     Case(
         "runner-declares-bad-kind",
         stage(runner=type("K", (), {"kind": "bogus", "execute": noop})()),
