@@ -1,12 +1,11 @@
-"""Shared parsing for the ops tests: the telemetry contract, dashboards, PromQL."""
+"""Shared parsing for the ops tests: dashboards, PromQL, and the telemetry contract
+(``docs/telemetry.md``, read by :mod:`tests.support.contract`)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import promql_parser
 import pytest
 
+from tests.support import contract
 from tests.support.servers import REPO_ROOT, cache_dir, in_ci
 
 DASHBOARD_DIR = REPO_ROOT / "dashboards"
@@ -24,9 +24,6 @@ SCHEMA_DIR = cache_dir() / "schemas"
 # tells whether a selector used it.
 RATE_INTERVAL_SENTINEL = "4321s"
 RATE_INTERVAL_DELTA = timedelta(seconds=4321)
-
-# Labels Prometheus adds to every scraped series.
-TARGET_LABELS = frozenset({"job", "instance"})
 
 Json = dict[str, Any]
 
@@ -44,61 +41,9 @@ def require_file(path: Path, hint: str) -> Path:
 # --------------------------------------------------------------------------- contract
 
 
-def telemetry_md_path() -> Path:
-    """TELEMETRY.md of the shared directory beside the checkout (``../shared``)."""
-    configured = os.environ.get("STAGEFLOW_OTEL_TELEMETRY_MD")
-    path = Path(configured) if configured else REPO_ROOT.parent / "shared" / "TELEMETRY.md"
-    return require_file(path, "the telemetry contract lives in ../shared beside the checkout")
-
-
-@dataclass(frozen=True)
-class ContractMetric:
-    """One metric of the contract's Prometheus table."""
-
-    name: str
-    type: str  # counter | gauge | histogram
-    labels: frozenset[str]
-
-    def series_names(self) -> frozenset[str]:
-        """The names of the series the metric exposes (histograms as three series)."""
-        if self.type == "histogram":
-            return frozenset(f"{self.name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
-        return frozenset({self.name})
-
-    def series_labels(self, series: str) -> frozenset[str]:
-        """The labels a series of this metric carries once scraped."""
-        extra = {"le"} if series.endswith("_bucket") and self.type == "histogram" else set()
-        return self.labels | TARGET_LABELS | extra
-
-
-_BACKTICKED = re.compile(r"`([^`]+)`")
-
-
-def parse_contract_metrics(markdown: str) -> dict[str, ContractMetric]:
-    """Parse the ``| metric | type | labels |`` table under "## Prometheus metrics"."""
-    section = markdown.split("## Prometheus metrics", 1)[1].split("\n## ", 1)[0]
-    metrics: dict[str, ContractMetric] = {}
-    for line in section.splitlines():
-        if not line.startswith("| `stageflow_"):
-            continue
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        # Escaped pipes (\|) inside the labels cell split it further; rejoin them.
-        name_cell, type_cell, labels_cell = cells[0], cells[1], "|".join(cells[2:])
-        metric_type = type_cell.split()[0].rstrip(",")
-        labels = frozenset(
-            match.group(1)
-            for part in labels_cell.split(",")
-            if (match := _BACKTICKED.search(part)) is not None
-        )
-        for name in _BACKTICKED.findall(name_cell):
-            metrics[name] = ContractMetric(name=name, type=metric_type, labels=labels)
-    return metrics
-
-
-def contract_series() -> dict[str, ContractMetric]:
-    """Every exposed series name of the contract, mapped to its metric."""
-    metrics = parse_contract_metrics(telemetry_md_path().read_text(encoding="utf-8"))
-    return {series: m for m in metrics.values() for series in m.series_names()}
+def contract_series() -> dict[str, contract.ContractMetric]:
+    """Every exposed series name of the contract (``docs/telemetry.md``), mapped to its metric."""
+    return contract.contract_series()
 
 
 # --------------------------------------------------------------------------- dashboards

@@ -26,6 +26,8 @@ from ._errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandFailed, UsageError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from stageflow_otel.core import Pipeline, StageGraph
+
     from ._session import SessionOptions
 
 __all__ = ("main",)
@@ -190,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
         "graph",
         parents=[common],
         help="print a pipeline's DAG as DOT or Mermaid",
-        description="Print the DAG of MODULE:PIPELINE (default: the demo's pipeline).",
+        description="Print the DAG of MODULE:PIPELINE (default: the demo's pipeline). The "
+        "pipeline is validated as for run: an invalid one (a cycle, a missing dependency) is an "
+        "error (exit 1), not a drawing.",
     )
     graph.add_argument("target", metavar="MODULE:PIPELINE", nargs="?")
     graph.add_argument("--format", choices=("dot", "mermaid"), default="dot", help="(default: dot)")
@@ -293,14 +297,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _graph(args: argparse.Namespace) -> int:
-    from ._loader import as_pipeline, load_target
+    from ._loader import as_graph, as_pipeline, load_target
 
     if args.target is None:
         from ._example import build_order_pipeline
 
-        pipeline = build_order_pipeline()
+        target: Pipeline | StageGraph = build_order_pipeline()
     else:
-        pipeline = as_pipeline(load_target(args.target))
+        target = load_target(args.target)
+    # Validated exactly as `run` validates it: an invalid DAG is an error, not a drawing.
+    as_graph(target)
+    pipeline = as_pipeline(target)
     text = pipeline.to_dot() if args.format == "dot" else pipeline.to_mermaid()
     sys.stdout.write(text + "\n")
     return EXIT_OK

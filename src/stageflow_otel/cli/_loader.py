@@ -14,9 +14,17 @@ from stageflow_otel.core import Pipeline, PipelineValidationError, StageGraph
 
 from ._errors import CommandFailed, UsageError
 
-__all__ = ("as_graph", "as_pipeline", "load_data", "load_target")
+__all__ = ("as_graph", "as_pipeline", "invalid", "load_data", "load_target")
 
-_EXAMPLE = "examples.order_pipeline:pipeline"
+_EXAMPLE = "myapp.pipelines:checkout, or path/to/file.py:pipeline"
+
+
+def invalid(name: str, error: PipelineValidationError) -> CommandFailed:
+    """The one-line failure for a pipeline that does not validate (the same for every command)."""
+    message = str(error)
+    if f"pipeline {name!r}" not in message:
+        message = f"pipeline {name!r} is invalid: {message}"
+    return CommandFailed(message)
 
 
 def _import(module_name: str) -> Any:
@@ -62,6 +70,9 @@ def load_target(target: str) -> Pipeline | StageGraph:
         raise UsageError(f"importing {module_name!r} failed: {exc}") from exc
     except UsageError:
         raise
+    except PipelineValidationError as exc:
+        # The module loads but declares a pipeline wrongly: the pipeline is invalid (exit 1).
+        raise CommandFailed(f"module {module_name!r} declares an invalid pipeline: {exc}") from exc
     except Exception as exc:
         raise UsageError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
     value: Any = module
@@ -84,7 +95,7 @@ def load_target(target: str) -> Pipeline | StageGraph:
         try:
             produced = value()
         except PipelineValidationError as exc:
-            raise CommandFailed(f"pipeline {target!r} is invalid: {exc}") from exc
+            raise invalid(target, exc) from exc
         except Exception as exc:
             raise UsageError(f"calling {target}() failed: {type(exc).__name__}: {exc}") from exc
         if isinstance(produced, Pipeline | StageGraph):
@@ -110,7 +121,7 @@ def as_graph(target: Pipeline | StageGraph) -> StageGraph:
     try:
         return target.build()
     except PipelineValidationError as exc:
-        raise CommandFailed(f"pipeline {target.name!r} is invalid: {exc}") from exc
+        raise invalid(target.name, exc) from exc
 
 
 def as_pipeline(target: Pipeline | StageGraph) -> Pipeline:

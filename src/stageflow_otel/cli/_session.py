@@ -395,8 +395,6 @@ class _Session:
             self._print(title)
             self._print(render_trace_tree(r for r in records if r.trace_id == last.trace_id))
         self._print("")
-        if self.stack.server is not None:
-            self._print(self._field("metrics", self.stack.server.url, self.notice or ""))
         plural = "" if len(traces) == 1 else "s"
         self._print(
             self._field("traces", str(trace_path), f"{count} spans, {len(traces)} trace{plural}")
@@ -525,7 +523,12 @@ def run_session(
         )
         console.print(header)
         if stack.server is not None:
-            console.print(Text.assemble(("metrics   ", "bold"), stack.server.url), style="")
+            # Printed once: without --hold the server stops when the command ends.
+            lifetime = "" if options.hold else "  (while the runs go; --hold keeps it up)"
+            console.print(
+                Text.assemble(("metrics   ", "bold"), stack.server.url, (lifetime, "dim")),
+                style="",
+            )
         if notice:
             console.print(Text(notice, style="yellow"))
         console.file.flush()

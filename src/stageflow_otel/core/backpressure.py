@@ -84,6 +84,7 @@ import anyio
 import anyio.to_thread
 import sniffio
 
+from ._checks import check_callable, check_count, check_name, check_seconds, describe
 from .events import Event, EventSink
 
 __all__ = (
@@ -219,6 +220,69 @@ class _Export:
         self.settled = False
 
 
+_DEFAULT_BATCH = 512
+
+
+def _check_arguments(
+    *,
+    max_queue_size: object,
+    max_batch_size: object,
+    flush_interval: object,
+    policy: object,
+    block_timeout: object,
+    export_timeout: object,
+    emit_timeout: object,
+    max_retries: object,
+    retry_base_delay: object,
+    name: object,
+    on_drop: object,
+    listener: object,
+    on_export: object,
+    warn_interval: object,
+    clock: object,
+    backend: object,
+) -> tuple[int, int]:
+    """Check the constructor's arguments; returns the queue size and the batch size."""
+    where = "BackpressureAwareEventSink: "
+    try:
+        queue = check_count("max_queue_size", max_queue_size)
+        batch = check_count("max_batch_size", max_batch_size, allow_none=True)
+        for arg, value in (
+            ("flush_interval", flush_interval),
+            ("block_timeout", block_timeout),
+            ("export_timeout", export_timeout),
+            ("emit_timeout", emit_timeout),
+        ):
+            check_seconds(arg, value, allow_inf=True)
+        check_count("max_retries", max_retries, minimum=0)
+        check_seconds("retry_base_delay", retry_base_delay, allow_zero=True)
+        check_seconds("warn_interval", warn_interval, allow_zero=True, allow_inf=True)
+        check_name("name", name)
+        for arg, value in (("on_drop", on_drop), ("listener", listener), ("on_export", on_export)):
+            check_callable(arg, value, allow_none=True)
+        check_callable("clock", clock)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{where}{exc}") from None
+    if not (isinstance(policy, str) and policy in _POLICIES):
+        raise ValueError(
+            f"{where}policy must be one of {', '.join(map(repr, _POLICIES))}, got "
+            f"{describe(policy)}"
+        )
+    if backend is not None and backend not in ("asyncio", "trio"):
+        raise ValueError(
+            f"{where}backend must be 'asyncio', 'trio' or None, got {describe(backend)}"
+        )
+    if batch is None:
+        # The default follows the queue: a 10-event queue exports batches of 10.
+        return queue, min(_DEFAULT_BATCH, queue)
+    if batch > queue:
+        raise ValueError(
+            f"{where}max_batch_size ({batch}) must be at most max_queue_size ({queue}); lower "
+            "max_batch_size, raise max_queue_size, or leave max_batch_size out to follow it"
+        )
+    return queue, batch
+
+
 class BackpressureAwareEventSink:
     """An event sink with a bounded queue, batched export on a worker thread, counted drops.
 
@@ -240,7 +304,7 @@ class BackpressureAwareEventSink:
             worker thread's event loop).
         max_queue_size: Queue capacity, in events.
         max_batch_size: Most events per export; a full batch is exported at once. At most
-            ``max_queue_size``.
+            ``max_queue_size``; by default 512, or ``max_queue_size`` when that is smaller.
         flush_interval: Seconds between exports of a partial batch.
         policy: ``drop_newest``, ``drop_oldest`` or ``block`` (see the module documentation).
         block_timeout: Seconds ``await emit()`` waits for room under ``block``.
@@ -284,7 +348,7 @@ class BackpressureAwareEventSink:
         downstream: EventSink | BatchExporter,
         *,
         max_queue_size: int = 2048,
-        max_batch_size: int = 512,
+        max_batch_size: int | None = None,
         flush_interval: float = 1.0,
         policy: OverflowPolicy = "drop_newest",
         block_timeout: float = 1.0,
@@ -301,25 +365,24 @@ class BackpressureAwareEventSink:
         backend: str | None = None,
         exit_timeout: float | None = 5.0,
     ) -> None:
-        if max_queue_size < 1:
-            raise ValueError(f"max_queue_size must be at least 1, got {max_queue_size}")
-        if not 1 <= max_batch_size <= max_queue_size:
-            raise ValueError(
-                f"max_batch_size must be between 1 and max_queue_size ({max_queue_size}), "
-                f"got {max_batch_size}"
-            )
-        if policy not in _POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(_POLICIES)}, got {policy!r}")
-        for arg, value in (
-            ("flush_interval", flush_interval),
-            ("block_timeout", block_timeout),
-            ("export_timeout", export_timeout),
-            ("emit_timeout", emit_timeout),
-        ):
-            if not value > 0:
-                raise ValueError(f"{arg} must be a positive number of seconds, got {value!r}")
-        if max_retries < 0 or retry_base_delay < 0 or warn_interval < 0:
-            raise ValueError("max_retries, retry_base_delay and warn_interval must be >= 0")
+        max_queue_size, max_batch_size = _check_arguments(
+            max_queue_size=max_queue_size,
+            max_batch_size=max_batch_size,
+            flush_interval=flush_interval,
+            policy=policy,
+            block_timeout=block_timeout,
+            export_timeout=export_timeout,
+            emit_timeout=emit_timeout,
+            max_retries=max_retries,
+            retry_base_delay=retry_base_delay,
+            name=name,
+            on_drop=on_drop,
+            listener=listener,
+            on_export=on_export,
+            warn_interval=warn_interval,
+            clock=clock,
+            backend=backend,
+        )
         export = getattr(downstream, "export", None)
         emit = getattr(downstream, "emit", None)
         self._export: Callable[[Sequence[QueuedEvent]], bool | None] | None = None
@@ -351,15 +414,10 @@ class BackpressureAwareEventSink:
         self._on_drop = on_drop
         self._listener = listener
         self._on_export = on_export
-        if exit_timeout is not None and not (
-            isinstance(exit_timeout, int | float)
-            and not isinstance(exit_timeout, bool)
-            and 0 < exit_timeout < math.inf
-        ):
-            raise ValueError(
-                f"exit_timeout must be a positive number of seconds or None, got {exit_timeout!r}"
-            )
-        self._exit_timeout = exit_timeout
+        try:
+            self._exit_timeout = check_seconds("exit_timeout", exit_timeout, allow_none=True)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"BackpressureAwareEventSink: {exc}") from None
         self._exit_handler: Callable[[], None] | None = None
         self._init_state(closing=False)
         _register_fork_handler(self)

@@ -13,6 +13,8 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 
+from ._checks import check_callable, check_seconds, describe
+
 __all__ = (
     "CancellationToken",
     "CleanupRegistry",
@@ -52,7 +54,15 @@ class CancellationToken:
         return self._reason
 
     def cancel(self, reason: str = "cancelled") -> bool:
-        """Cancel; returns False if already cancelled. Callback errors are logged, not raised."""
+        """Cancel; returns False if already cancelled. Callback errors are logged, not raised.
+
+        Raises:
+            TypeError: ``reason`` is not a string.
+        """
+        if not isinstance(reason, str):
+            raise TypeError(
+                f"CancellationToken.cancel: reason must be a string, got {describe(reason)}"
+            )
         with self._lock:
             if self._reason is not None:
                 return False
@@ -63,7 +73,16 @@ class CancellationToken:
         return True
 
     def on_cancel(self, callback: CancelCallback) -> Callable[[], None]:
-        """Call ``callback(reason)`` on cancellation; returns a function that unregisters it."""
+        """Call ``callback(reason)`` on cancellation; returns a function that unregisters it.
+
+        Raises:
+            TypeError: ``callback`` is not callable.
+        """
+        check_callable(
+            "CancellationToken.on_cancel: callback",
+            callback,
+            accepted="a callable taking the reason (a string)",
+        )
         with self._lock:
             reason = self._reason
             if reason is None:
@@ -124,7 +143,20 @@ class CleanupRegistry:
         self._callbacks: list[tuple[str, Cleanup]] = []
 
     def register(self, callback: Cleanup, *, name: str | None = None) -> None:
-        """Add a sync or async callback."""
+        """Add a sync or async callback.
+
+        Raises:
+            TypeError: ``callback`` is not callable, or ``name`` is not a string.
+        """
+        check_callable(
+            "CleanupRegistry.register: callback",
+            callback,
+            accepted="a callable taking no arguments (sync or async)",
+        )
+        if name is not None and not isinstance(name, str):
+            raise TypeError(
+                f"CleanupRegistry.register: name must be a string or None, got {describe(name)}"
+            )
         label = name or str(getattr(callback, "__qualname__", None) or repr(callback))
         self._callbacks.append((label, callback))
 
@@ -136,8 +168,13 @@ class CleanupRegistry:
 
         Args:
             timeout: Seconds for all callbacks together, shared equally
-                (each gets at least 10 ms).
+                (each gets at least 10 ms); positive, ``math.inf`` for no limit.
+
+        Raises:
+            TypeError: ``timeout`` is not a number.
+            ValueError: ``timeout`` is zero, negative or NaN.
         """
+        check_seconds("CleanupRegistry.run_all: timeout", timeout, allow_inf=True)
         callbacks, self._callbacks = self._callbacks, []
         if not callbacks:
             return CleanupReport((), ())
@@ -173,7 +210,9 @@ class StructuredTaskGroup:
     """
 
     def __init__(self, *, cleanup_timeout: float = 10.0) -> None:
-        self.cleanup_timeout = cleanup_timeout
+        self.cleanup_timeout = check_seconds(
+            "StructuredTaskGroup: cleanup_timeout", cleanup_timeout, allow_inf=True
+        )
         self.cleanup = CleanupRegistry()
         self._group: anyio.abc.TaskGroup | None = None
         self.cleanup_report: CleanupReport | None = None

@@ -9,12 +9,12 @@ so reusing the instance keeps it across runs and graphs.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from ._checks import check_callable, check_count, check_seconds
 from .errors import StageflowError
 from .interceptors import CallNext, StageCall
 from .model import StageOutput, StageStatus
@@ -176,26 +176,16 @@ class CircuitBreakerInterceptor:
         clock: Callable[[], float] = time.monotonic,
         counts_as_failure: Callable[[StageOutput], bool] | None = None,
     ) -> None:
-        for label, count in (
-            ("failure_threshold", failure_threshold),
-            ("half_open_max_calls", half_open_max_calls),
-        ):
-            if isinstance(count, bool) or not isinstance(count, int):
-                raise TypeError(f"{label} must be an integer, got {count!r}")
-            if count < 1:
-                raise ValueError(f"{label} must be >= 1, got {count!r}")
-        if isinstance(recovery_timeout, bool) or not isinstance(recovery_timeout, int | float):
-            raise TypeError(
-                f"recovery_timeout must be a number of seconds, got {recovery_timeout!r}"
+        try:
+            self.failure_threshold = check_count("failure_threshold", failure_threshold)
+            self.recovery_timeout = check_seconds(
+                "recovery_timeout", recovery_timeout, allow_zero=True
             )
-        if not math.isfinite(recovery_timeout) or recovery_timeout < 0:
-            raise ValueError(
-                "recovery_timeout must be a finite number of seconds >= 0, got "
-                f"{recovery_timeout!r}"
-            )
-        self.failure_threshold = failure_threshold
-        self.recovery_timeout = float(recovery_timeout)
-        self.half_open_max_calls = half_open_max_calls
+            self.half_open_max_calls = check_count("half_open_max_calls", half_open_max_calls)
+            check_callable("clock", clock)
+            check_callable("counts_as_failure", counts_as_failure, allow_none=True)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"CircuitBreakerInterceptor: {exc}") from None
         self._clock = clock
         self._counts_as_failure = counts_as_failure or _is_failure
         self._circuits: dict[str, _Circuit] = {}

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.lowlevel
 
+from ._checks import describe
 from .errors import (
     DataConflictError,
     OutputConflictError,
@@ -50,6 +51,21 @@ class RunIdentity:
     user_id: str | None = None
     org_id: str | None = None
     interaction_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # Ids become span attributes and log fields: a number or an object there is a mistake.
+        if not isinstance(self.pipeline_run_id, str) or not self.pipeline_run_id:
+            error = ValueError if isinstance(self.pipeline_run_id, str) else TypeError
+            raise error(
+                "RunIdentity: pipeline_run_id must be a non-empty string, got "
+                f"{describe(self.pipeline_run_id)}"
+            )
+        for name in ("request_id", "session_id", "user_id", "org_id", "interaction_id"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(
+                    f"RunIdentity: {name} must be a string or None, got {describe(value)}"
+                )
 
 
 class ContextBag:

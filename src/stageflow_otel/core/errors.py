@@ -229,7 +229,9 @@ class StageExecutionError(StageflowError):
         self.stage = stage
         self.results = results
         self.original = original
-        super().__init__(f"stage {stage!r} failed: {error}")
+        # "stage 'x' timed out ..." already says which stage; don't say it twice.
+        named = error.startswith(f"stage {stage!r} ")
+        super().__init__(error if named else f"stage {stage!r} failed: {error}")
 
 
 class PipelineCancelled(StageflowError):

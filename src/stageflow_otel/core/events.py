@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from ._checks import check_name, describe, sequence_of, sink_problem
+
 __all__ = (
     "CollectedEvent",
     "CollectingEventSink",
@@ -178,10 +180,23 @@ class CollectingEventSink:
 
 
 class FanOutEventSink:
-    """Sends each event to several sinks; one failing sink does not stop the others."""
+    """Sends each event to several sinks; one failing sink does not stop the others.
+
+    Raises:
+        TypeError: ``sinks`` is not a list of event sinks.
+    """
 
     def __init__(self, sinks: Iterable[EventSink]) -> None:
-        self.sinks: Sequence[EventSink] = tuple(sinks)
+        where = "FanOutEventSink: "
+        try:
+            checked = sequence_of("sinks", sinks, item="event sinks")
+        except TypeError as exc:
+            raise TypeError(f"{where}{exc}") from None
+        for index, sink in enumerate(checked):
+            problem = sink_problem(sink)
+            if problem is not None:
+                raise TypeError(f"{where}sinks[{index}] {problem}")
+        self.sinks: Sequence[EventSink] = checked
 
     async def emit(self, *, type: str, data: Mapping[str, Any]) -> None:
         """Emit to every sink in turn."""
@@ -201,25 +216,60 @@ class FanOutEventSink:
 
 
 class LoggingEventSink:
-    """Writes each event to a stdlib logger (``stageflow_otel.events`` by default)."""
+    """Writes each event to a stdlib logger (``stageflow_otel.events`` by default).
+
+    Args:
+        level: The records' level: a number (``logging.INFO``) or a level name (``"INFO"``).
+        logger_name: The logger to write to.
+
+    Raises:
+        TypeError: ``level`` is neither a number nor a string, or ``logger_name`` is not a
+            string.
+        ValueError: ``level`` is an unknown level name, or ``logger_name`` is empty.
+    """
 
     def __init__(
-        self, *, level: int = logging.INFO, logger_name: str = "stageflow_otel.events"
+        self, *, level: int | str = logging.INFO, logger_name: str = "stageflow_otel.events"
     ) -> None:
-        self.level = level
+        self.level = _check_level(level)
+        try:
+            check_name("logger_name", logger_name)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"LoggingEventSink: {exc}") from None
         self._logger = logging.getLogger(logger_name)
 
-    async def emit(self, *, type: str, data: Mapping[str, Any]) -> None:
+    async def emit(self, *, type: str, data: Mapping[str, Any] | None) -> None:
         """Log the event."""
         self.try_emit(type=type, data=data)
 
-    def try_emit(self, *, type: str, data: Mapping[str, Any]) -> None:
-        """Log the event (as ``extra={"event_type": ..., "event_data": ...}``)."""
+    def try_emit(self, *, type: str, data: Mapping[str, Any] | None) -> None:
+        """Log the event (as ``extra={"event_type": ..., "event_data": ...}``).
+
+        ``data=None`` is logged as an empty payload, as stageflow-core's sinks accept it.
+        """
         if self._logger.isEnabledFor(self.level):
+            payload: Mapping[str, Any] = {} if data is None else data
             self._logger.log(
                 self.level,
                 "%s %s",
                 type,
-                dict(data),
-                extra={"event_type": type, "event_data": data},
+                dict(payload),
+                extra={"event_type": type, "event_data": payload},
             )
+
+
+def _check_level(level: object) -> int:
+    names = logging.getLevelNamesMapping()
+    if isinstance(level, str):
+        if level.upper() not in names:
+            raise ValueError(
+                f"LoggingEventSink: level must be a logging level or one of its names "
+                f"({', '.join(sorted(names))}), got {describe(level)}"
+            )
+        return names[level.upper()]
+    if isinstance(level, bool) or not isinstance(level, int):
+        raise TypeError(
+            f"LoggingEventSink: level must be a logging level (e.g. logging.INFO) or its name, "
+            f"got {describe(level)}"
+        )
+    return level

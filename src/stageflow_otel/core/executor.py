@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import sniffio
 
+from ._checks import check_run_arguments
 from .cancellation import CancellationToken, CleanupRegistry
 from .context import ContextBag, RunIdentity, StageContext
 from .errors import (
@@ -233,7 +234,17 @@ class StageGraph:
             StageExecutionError: A stage failed; ``.results`` has the partial results and the
                 stage's exception is the ``__cause__``.
             PipelineCancelled: A stage returned CANCEL or ``cancel_token`` was cancelled.
+            TypeError: An argument has the wrong type (naming it and the value given).
         """
+        check_run_arguments(
+            self.name,
+            data=data,
+            identity=identity,
+            cancel_token=cancel_token,
+            event_sink=event_sink,
+            hooks=hooks,
+            traceparent=traceparent,
+        )
         state = RunState(
             self,
             data,

@@ -27,6 +27,7 @@ from urllib.parse import quote
 import anyio
 import sniffio
 
+from ._checks import check_seconds, describe
 from .errors import IdempotencyParamMismatch
 from .interceptors import CallNext, StageCall, qualified_name
 from .model import StageOutput, StageStatus
@@ -89,12 +90,11 @@ class IdempotencyStore(Protocol):
         ...
 
 
-def _check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
-    return float(value)
+def _check_positive(name: str, value: object, *, owner: str) -> float:
+    try:
+        return check_seconds(name, value)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{owner}: {exc}") from None
 
 
 def _storable(output: StageOutput) -> StageOutput:
@@ -132,8 +132,11 @@ class InMemoryIdempotencyStore:
     def __init__(
         self, *, clock: Callable[[], float] = time.monotonic, sweep_interval: float = 60.0
     ) -> None:
+        owner = "InMemoryIdempotencyStore"
+        if not callable(clock):
+            raise TypeError(f"{owner}: clock must be a callable, got {describe(clock)}")
         self._clock = clock
-        self._sweep_interval = _check_positive("sweep_interval", sweep_interval)
+        self._sweep_interval = _check_positive("sweep_interval", sweep_interval, owner=owner)
         self._entries: dict[str, _Entry] = {}
         self._next_sweep = clock() + self._sweep_interval
 
@@ -411,13 +414,33 @@ class IdempotencyInterceptor:
         poll_interval: float = 0.05,
         sleep: Callable[[float], Awaitable[object]] = anyio.sleep,
     ) -> None:
+        owner = "IdempotencyInterceptor"
+        missing = [
+            method
+            for method in ("get", "claim", "put", "delete")
+            if not callable(getattr(store, method, None))
+        ]
+        if store is not None and (isinstance(store, type) or missing):
+            raise TypeError(
+                f"{owner}: store must be an IdempotencyStore instance (async get, claim, put and "
+                f"delete) or None, got {describe(store)}"
+            )
+        for arg, value in (("key", key), ("params", params), ("sleep", sleep)):
+            optional = arg != "sleep"
+            if not (callable(value) or (value is None and optional)):
+                accepted = "a callable or None" if optional else "a callable"
+                raise TypeError(f"{owner}: {arg} must be {accepted}, got {describe(value)}")
+        if not isinstance(validate_params, bool):
+            raise TypeError(
+                f"{owner}: validate_params must be True or False, got {describe(validate_params)}"
+            )
         self.store: IdempotencyStore = store if store is not None else InMemoryIdempotencyStore()
         self._key = key
         self._params = params
-        self.ttl = _check_positive("ttl", ttl)
+        self.ttl = _check_positive("ttl", ttl, owner=owner)
         self.validate_params = validate_params
-        self.claim_ttl = _check_positive("claim_ttl", claim_ttl)
-        self.poll_interval = _check_positive("poll_interval", poll_interval)
+        self.claim_ttl = _check_positive("claim_ttl", claim_ttl, owner=owner)
+        self.poll_interval = _check_positive("poll_interval", poll_interval, owner=owner)
         self._sleep = sleep
         self._locks: dict[str, _KeyLock] = {}
 

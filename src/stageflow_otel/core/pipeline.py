@@ -12,6 +12,17 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import anyio.to_thread
 
+from ._checks import (
+    check_bool,
+    check_count,
+    check_hooks,
+    check_seconds,
+    check_sink,
+    describe,
+    interceptor_problem,
+    is_async_callable,
+    sequence_of,
+)
 from .errors import CycleDetectedError, PipelineValidationError, format_names
 from .interceptors import Interceptor, RunHook
 from .model import StageKind, StageReturn
@@ -43,19 +54,61 @@ def _callable_name(obj: Any) -> str:
     return f"{module}.{qualname}" if module else qualname
 
 
-def _is_async_callable(obj: Any) -> bool:
-    while isinstance(obj, functools.partial):
-        obj = obj.func
-    if inspect.iscoroutinefunction(obj):
-        return True
-    call = getattr(type(obj), "__call__", None)  # noqa: B004  (the type's __call__, not callable())
-    return call is not None and inspect.iscoroutinefunction(call)
+_RUNNERS = "a Stage instance or class, an `async def f(ctx)` or a `def f(ctx)`"
+_KINDS = ", ".join(repr(k.value) for k in StageKind)
+
+
+def _declared_kind(name: str, runner: Any) -> StageKind | None:
+    """The kind a runner declares with a ``kind`` attribute, if any."""
+    try:
+        declared = getattr(runner, "kind", None)
+    except Exception:  # a property that raises declares nothing
+        return None
+    if not isinstance(declared, str):
+        return None
+    try:
+        return StageKind(declared)
+    except ValueError:
+        raise PipelineValidationError(
+            f"stage {name!r}: its runner declares kind {declared!r}, which is not a stage kind "
+            f"({_KINDS})",
+            stages=(name,),
+            fix_hint="fix the runner's `kind` attribute or pass kind= to with_stage",
+        ) from None
+
+
+def _check_constructible(name: str, cls: type) -> None:
+    """A stage class is instantiated for every execution, without arguments."""
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):  # no signature to read (a builtin): let it be
+        return
+    required = [
+        p.name
+        for p in signature.parameters.values()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if required:
+        raise PipelineValidationError(
+            f"stage {name!r}: class {cls.__qualname__} is instantiated for every execution "
+            f"without arguments, but its constructor requires {', '.join(required)}",
+            stages=(name,),
+            fix_hint=f"pass an instance instead: with_stage({name!r}, {cls.__qualname__}(...))",
+        )
 
 
 def _resolve_runner(name: str, runner: Any) -> tuple[Invoke, str, StageKind | None]:
     """Turn a runner into ``invoke(ctx)``, a function name, and the kind it declares."""
-    declared = getattr(runner, "kind", None)
-    kind = StageKind(declared) if isinstance(declared, str) else None
+    if inspect.iscoroutine(runner):
+        qualname = getattr(runner, "__qualname__", "f")
+        runner.close()  # never awaited: close it rather than leak a warning
+        raise PipelineValidationError(
+            f"stage {name!r}: runner is a coroutine (the result of calling {qualname}), not a "
+            "stage",
+            stages=(name,),
+            fix_hint=f"pass the function itself, without calling it: with_stage({name!r}, "
+            f"{qualname.rsplit('.', 1)[-1]})",
+        )
     if isinstance(runner, type):
         if not callable(getattr(runner, "execute", None)):
             raise PipelineValidationError(
@@ -63,30 +116,88 @@ def _resolve_runner(name: str, runner: Any) -> tuple[Invoke, str, StageKind | No
                 stages=(name,),
                 fix_hint="implement `async def execute(self, ctx)` or pass a function",
             )
+        _check_constructible(name, runner)
         cls = runner
 
         async def invoke_class(ctx: StageContext) -> StageReturn:
             return await cls().execute(ctx)  # type: ignore[no-any-return]
 
-        return invoke_class, _callable_name(runner), kind
-    execute = getattr(runner, "execute", None)
+        return invoke_class, _callable_name(runner), _declared_kind(name, runner)
+    try:
+        execute = getattr(runner, "execute", None)
+    except Exception:  # a property that raises: not a stage object
+        execute = None
     if execute is not None and callable(execute) and not inspect.isroutine(runner):
-        if not _is_async_callable(execute):
+        if not is_async_callable(execute):
             raise PipelineValidationError(
                 f"stage {name!r}: {type(runner).__qualname__}.execute must be `async def`",
                 stages=(name,),
                 fix_hint="declare execute with `async def`",
             )
-        return execute, _callable_name(runner), kind
+        return execute, _callable_name(runner), _declared_kind(name, runner)
     if not callable(runner):
         raise PipelineValidationError(
-            f"stage {name!r}: runner {runner!r} is not callable",
+            f"stage {name!r}: runner must be {_RUNNERS}, got {describe(runner)}",
             stages=(name,),
-            fix_hint="pass a Stage instance or class, an `async def f(ctx)` or a `def f(ctx)`",
         )
-    if _is_async_callable(runner):
+    kind = _declared_kind(name, runner)
+    if is_async_callable(runner):
         return runner, _callable_name(runner), kind
     return functools.partial(anyio.to_thread.run_sync, runner), _callable_name(runner), kind
+
+
+def _dependency_names(name: str, dependencies: object, after: object) -> tuple[str, ...]:
+    """The stage names of ``dependencies`` and ``after`` together, first mention first."""
+    deps: dict[str, None] = {}
+    for param, source in (("dependencies", dependencies), ("after", after)):
+        if source is None:
+            continue
+        if isinstance(source, str):
+            raise PipelineValidationError(
+                f"stage {name!r}: {param} must be a list of stage names, got the string {source!r}",
+                stages=(name,),
+                fix_hint=f"write {param}=[{source!r}]",
+            )
+        try:
+            items = sequence_of(param, source, item="stage names, or None")
+        except TypeError as exc:
+            raise PipelineValidationError(f"stage {name!r}: {exc}", stages=(name,)) from None
+        for index, dep in enumerate(items):
+            if not isinstance(dep, str) or not dep:
+                raise PipelineValidationError(
+                    f"stage {name!r}: {param}[{index}] must be a stage name (a non-empty "
+                    f"string), got {describe(dep)}",
+                    stages=(name,),
+                    fix_hint=f"list the names of the stages {name!r} depends on",
+                )
+            deps[dep] = None
+    return tuple(deps)
+
+
+def interceptor_chain(
+    param: str, value: object, *, where: str, stages: tuple[str, ...] = ()
+) -> tuple[Interceptor, ...]:
+    """Check a list of interceptors (``with_stage``, ``build``, ``run``).
+
+    Raises:
+        PipelineValidationError: Naming ``where``, the parameter and the bad item.
+    """
+    if value is not None and interceptor_problem(value) is None:
+        raise PipelineValidationError(
+            f"{where}{param} must be a list of interceptors, got the single interceptor "
+            f"{describe(value)}",
+            stages=stages,
+            fix_hint=f"write {param}=[{type(value).__qualname__}(...)]",
+        )
+    try:
+        items = sequence_of(param, value, item="interceptors ([] for none)")
+    except TypeError as exc:
+        raise PipelineValidationError(f"{where}{exc}", stages=stages) from None
+    for index, item in enumerate(items):
+        problem = interceptor_problem(item)
+        if problem is not None:
+            raise PipelineValidationError(f"{where}{param}[{index}] {problem}", stages=stages)
+    return items
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -138,51 +249,49 @@ def make_spec(
     timeout: float | None = None,
     interceptors: Sequence[Interceptor] = (),
 ) -> StageSpec:
-    """Validate one stage's arguments and build its :class:`StageSpec`."""
+    """Validate one stage's arguments and build its :class:`StageSpec`.
+
+    Raises:
+        PipelineValidationError: Naming the stage, the parameter, the value given and what is
+            accepted.
+    """
     if not isinstance(name, str) or not name:
         raise PipelineValidationError(
-            f"stage name must be a non-empty string, got {name!r}",
+            f"stage name must be a non-empty string, got {describe(name)}",
             fix_hint="name every stage, e.g. with_stage('fetch', fetch)",
         )
-    if timeout is not None and not timeout > 0:
-        raise PipelineValidationError(
-            f"stage {name!r}: timeout must be a positive number of seconds, got {timeout!r}",
-            stages=(name,),
-            fix_hint="pass timeout=None for no limit",
-        )
-    deps: list[str] = []
-    for source in (dependencies, after):
-        if source is None:
-            continue
-        if isinstance(source, str):
-            raise PipelineValidationError(
-                f"stage {name!r}: dependencies must be a list of stage names, got the string "
-                f"{source!r}",
-                stages=(name,),
-                fix_hint=f"write dependencies=[{source!r}]",
-            )
-        for dep in source:
-            if dep not in deps:
-                deps.append(dep)
+    where = f"stage {name!r}: "
     invoke, function_name, declared_kind = _resolve_runner(name, runner)
+    try:
+        checked_timeout = check_seconds("timeout", timeout, allow_none=True)
+        check_bool("conditional", conditional)
+    except (TypeError, ValueError) as exc:
+        raise PipelineValidationError(f"{where}{exc}", stages=(name,)) from None
+    if kind is not None and not isinstance(kind, str):
+        raise PipelineValidationError(
+            f"{where}kind must be a StageKind, one of {_KINDS}, or None, got {describe(kind)}",
+            stages=(name,),
+        )
+    deps = _dependency_names(name, dependencies, after)
+    chain = interceptor_chain("interceptors", interceptors, where=where, stages=(name,))
     try:
         resolved_kind = (
             StageKind(kind) if kind is not None else (declared_kind or StageKind.TRANSFORM)
         )
     except ValueError:
         raise PipelineValidationError(
-            f"stage {name!r}: unknown kind {kind!r}",
+            f"{where}unknown kind {kind!r}",
             stages=(name,),
-            fix_hint=f"use one of {', '.join(k.value for k in StageKind)}",
+            fix_hint=f"use one of {_KINDS}",
         ) from None
     return StageSpec(
         name=name,
         runner=runner,
         kind=resolved_kind,
-        dependencies=tuple(deps),
+        dependencies=deps,
         conditional=conditional,
-        timeout=timeout,
-        interceptors=tuple(interceptors),
+        timeout=checked_timeout,
+        interceptors=chain,
         function_name=function_name,
         invoke=invoke,
     )
@@ -219,12 +328,21 @@ class Pipeline:
     def __init__(self, name: str = "pipeline", stages: Iterable[StageSpec] = ()) -> None:
         if not isinstance(name, str) or not name:
             raise PipelineValidationError(
-                f"pipeline name must be a non-empty string, got {name!r}",
+                f"pipeline name must be a non-empty string, got {describe(name)}",
                 fix_hint="Pipeline('checkout')",
             )
+        try:
+            specs = sequence_of("stages", stages, item="StageSpec (another pipeline's .specs)")
+        except TypeError as exc:
+            raise PipelineValidationError(f"pipeline {name!r}: {exc}") from None
         self.name = name
         log = _StageLog([], {})
-        for spec in stages:
+        for index, spec in enumerate(specs):
+            if not isinstance(spec, StageSpec):
+                raise PipelineValidationError(
+                    f"pipeline {name!r}: stages[{index}] must be a StageSpec, got {describe(spec)}",
+                    fix_hint="declare stages with with_stage(name, runner, ...)",
+                )
             _append(log, spec, name)
         self._log = log
         self._size = len(log.specs)
@@ -276,11 +394,12 @@ class Pipeline:
             dependencies: Stages that must be done first.
             after: Alias of ``dependencies`` (both may be given).
             conditional: Skip when a dependency's output has a truthy ``skip_reason``.
-            timeout: Seconds one attempt may take.
+            timeout: Seconds one attempt may take (a positive number); ``None`` for no limit.
             interceptors: Stage-level interceptors (inside the pipeline-level ones).
 
         Raises:
-            PipelineValidationError: For a duplicate name or invalid arguments.
+            PipelineValidationError: For a duplicate name or an invalid argument; the message
+                names the stage, the parameter and the value given, and says what is accepted.
         """
         spec = make_spec(
             name,
@@ -309,8 +428,14 @@ class Pipeline:
         Stages with the same name must be the same declaration.
 
         Raises:
-            PipelineValidationError: ``CONTRACT-004-CONFLICT`` for same-named, different stages.
+            PipelineValidationError: ``CONTRACT-004-CONFLICT`` for same-named, different stages,
+                ``CONTRACT-004-INVALID`` when ``other`` is not a pipeline.
         """
+        if not isinstance(other, Pipeline):
+            raise PipelineValidationError(
+                f"pipeline {self.name!r}: compose() takes a Pipeline, got {describe(other)}",
+                fix_hint="build the other part with Pipeline(name).with_stage(...)",
+            )
         result = self
         for spec in other.specs:
             index = result._log.index.get(spec.name)
@@ -336,12 +461,30 @@ class Pipeline:
         """
         return [s.name for s in _validate(self.name, self.specs)]
 
+    def _missing_dependencies(self) -> list[str]:
+        """Dependencies that name no stage of this pipeline, first mention first."""
+        names = {spec.name for spec in self.specs}
+        missing: dict[str, None] = {}
+        for spec in self.specs:
+            for dep in spec.dependencies:
+                if dep not in names:
+                    missing[dep] = None
+        return list(missing)
+
     def to_dot(self) -> str:
-        """The DAG in Graphviz DOT."""
+        """The DAG in Graphviz DOT.
+
+        A dependency on a stage the pipeline does not have is drawn as a node labelled
+        ``name (missing)``; :meth:`build` would reject the pipeline.
+        """
         lines = [f"digraph {_dot_id(self.name)} {{", "  rankdir=LR;"]
         lines.extend(
             f"  {_dot_id(spec.name)} [label={_dot_id(f'{spec.name} ({spec.kind})')}];"
             for spec in self.specs
+        )
+        lines.extend(
+            f"  {_dot_id(dep)} [label={_dot_id(f'{dep} (missing)')}];"
+            for dep in self._missing_dependencies()
         )
         lines.extend(
             f"  {_dot_id(dep)} -> {_dot_id(spec.name)};"
@@ -352,17 +495,22 @@ class Pipeline:
         return "\n".join(lines)
 
     def to_mermaid(self) -> str:
-        """The DAG as a Mermaid flowchart."""
+        """The DAG as a Mermaid flowchart.
+
+        A dependency on a stage the pipeline does not have is drawn as a node labelled
+        ``name (missing)``; :meth:`build` would reject the pipeline.
+        """
         ids = {spec.name: f"s{i}" for i, spec in enumerate(self.specs)}
+        labels = [(ids[spec.name], f"{spec.name} ({spec.kind})") for spec in self.specs]
+        for i, dep in enumerate(self._missing_dependencies()):
+            ids[dep] = f"m{i}"
+            labels.append((ids[dep], f"{dep} (missing)"))
         lines = ["flowchart LR"]
-        for spec in self.specs:
-            label = f"{spec.name} ({spec.kind})".replace('"', "#quot;")
-            lines.append(f'  {ids[spec.name]}["{label}"]')
+        for node, label in labels:
+            escaped = label.replace('"', "#quot;")
+            lines.append(f'  {node}["{escaped}"]')
         lines.extend(
-            f"  {ids[dep]} --> {ids[spec.name]}"
-            for spec in self.specs
-            for dep in spec.dependencies
-            if dep in ids
+            f"  {ids[dep]} --> {ids[spec.name]}" for spec in self.specs for dep in spec.dependencies
         )
         return "\n".join(lines)
 
@@ -391,40 +539,41 @@ class Pipeline:
             max_depth: How deep subpipelines may nest.
             emit_stage_wide_events: Emit a ``stage.wide`` event per stage.
             emit_pipeline_wide_event: Emit a ``pipeline.wide`` event per run.
-            cleanup_timeout: Seconds the run's cleanup callbacks may take in all.
+            cleanup_timeout: Seconds the run's cleanup callbacks may take in all (positive;
+                ``math.inf`` for no limit).
 
         Raises:
-            PipelineValidationError: Naming the problem and the fix.
+            PipelineValidationError: For an invalid pipeline (a cycle, a missing dependency, ...)
+                or argument; the message names the pipeline, the parameter and the value given.
         """
         from .executor import StageGraph
 
-        if failure_mode not in ("fail_fast", "continue"):
-            raise PipelineValidationError(
-                f"unknown failure_mode {failure_mode!r}",
-                fix_hint="use 'fail_fast' or 'continue'",
-            )
-        if max_concurrency is not None and max_concurrency < 1:
-            raise PipelineValidationError(
-                f"max_concurrency must be at least 1, got {max_concurrency}",
-                fix_hint="pass None for no limit",
-            )
-        if max_depth < 0:
-            raise PipelineValidationError(
-                f"max_depth must be >= 0, got {max_depth}", fix_hint="the default is 5"
-            )
+        where = f"pipeline {self.name!r}: "
+        chain = interceptor_chain("interceptors", interceptors, where=where)
+        try:
+            checked_hooks = check_hooks("hooks", hooks)
+            check_sink("event_sink", event_sink)
+            _check_failure_mode(failure_mode)
+            check_count("max_concurrency", max_concurrency, allow_none=True)
+            check_count("max_depth", max_depth, minimum=0)
+            check_bool("emit_stage_wide_events", emit_stage_wide_events)
+            check_bool("emit_pipeline_wide_event", emit_pipeline_wide_event)
+            check_seconds("cleanup_timeout", cleanup_timeout, allow_inf=True)
+        except (TypeError, ValueError) as exc:
+            raise PipelineValidationError(f"{where}{exc}") from None
         ordered = _validate(self.name, self.specs)
         return StageGraph(
             self.name,
             ordered,
-            interceptors=tuple(interceptors),
-            hooks=None if hooks is None else tuple(hooks),
+            interceptors=chain,
+            hooks=checked_hooks,
             event_sink=event_sink,
             failure_mode=failure_mode,
             max_concurrency=max_concurrency,
             max_depth=max_depth,
             emit_stage_wide_events=emit_stage_wide_events,
             emit_pipeline_wide_event=emit_pipeline_wide_event,
-            cleanup_timeout=cleanup_timeout,
+            cleanup_timeout=float(cleanup_timeout),
         )
 
     async def run(
@@ -443,8 +592,21 @@ class Pipeline:
         """Build (validating) and run the pipeline once; see :meth:`StageGraph.run`.
 
         Build once with :meth:`build` to run a pipeline many times.
+
+        Raises:
+            PipelineValidationError: The pipeline or a build argument is invalid.
+            TypeError: A run argument has the wrong type (naming it and the value given).
+            StageExecutionError: A stage failed.
+            PipelineCancelled: The run was cancelled.
         """
-        if interceptors or failure_mode != "fail_fast" or max_concurrency is not None:
+        defaults = (
+            isinstance(interceptors, list | tuple)
+            and not interceptors
+            and isinstance(failure_mode, str)
+            and failure_mode == "fail_fast"
+            and max_concurrency is None
+        )
+        if not defaults:
             graph = self.build(
                 interceptors=interceptors,
                 failure_mode=failure_mode,
@@ -462,6 +624,11 @@ class Pipeline:
             hooks=hooks,
             traceparent=traceparent,
         )
+
+
+def _check_failure_mode(value: object) -> None:
+    if not (isinstance(value, str) and value in ("fail_fast", "continue")):
+        raise ValueError(f"failure_mode must be 'fail_fast' or 'continue', got {describe(value)}")
 
 
 def _append(log: _StageLog, spec: StageSpec, pipeline: str) -> None:
@@ -564,7 +731,7 @@ class FunctionStage:
         self.name = name
         self.kind = kind
         self._invoke: Invoke = (
-            fn if _is_async_callable(fn) else functools.partial(anyio.to_thread.run_sync, fn)
+            fn if is_async_callable(fn) else functools.partial(anyio.to_thread.run_sync, fn)
         )
 
     async def execute(self, ctx: StageContext) -> StageReturn:
@@ -596,9 +763,27 @@ def stage_fn(
         async def geocode(ctx): ...
 
         pipeline = Pipeline("p").with_stage(geocode.name, geocode)
+
+    Raises:
+        PipelineValidationError: For a name that is not a non-empty string, an unknown kind, or
+            something other than a function to decorate.
     """
+    if name is not None and (not isinstance(name, str) or not name):
+        raise PipelineValidationError(
+            f"stage_fn(): name must be a non-empty string or None, got {describe(name)}"
+        )
+    if not (isinstance(kind, str) and kind in StageKind._value2member_map_):
+        raise PipelineValidationError(
+            f"stage_fn(): kind must be a StageKind or one of {_KINDS}, got {describe(kind)}"
+        )
+    stage_kind = StageKind(kind)
 
     def decorate(f: Callable[..., Any]) -> FunctionStage:
-        return FunctionStage(f, name=name or f.__name__, kind=StageKind(kind))
+        if not callable(f) or isinstance(f, type):
+            raise PipelineValidationError(
+                f"stage_fn() decorates a function, got {describe(f)}",
+                fix_hint="put @stage_fn above an `async def f(ctx)` or a `def f(ctx)`",
+            )
+        return FunctionStage(f, name=name or _callable_name(f).rsplit(".", 1)[-1], kind=stage_kind)
 
     return decorate(fn) if fn is not None else decorate

@@ -23,15 +23,22 @@ exception instead of losing it.
 
 from __future__ import annotations
 
-import math
 import random as _random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 
 import anyio
 
+from ._checks import (
+    check_bool,
+    check_callable,
+    check_count,
+    check_seconds,
+    describe,
+    sequence_of,
+)
 from .errors import RateLimitError, StageTimeoutError, TransientError
 from .interceptors import CallNext, StageCall, qualified_name
 from .model import StageOutput, StageStatus
@@ -45,6 +52,7 @@ Jitter = Literal["none", "full", "equal", "decorrelated"]
 """How the delay is randomised (see :class:`RetryInterceptor`)."""
 
 Sleep = Callable[[float], Awaitable[object]]
+_T = TypeVar("_T")
 
 _BACKOFFS: tuple[str, ...] = get_args(Backoff)
 _JITTERS: tuple[str, ...] = get_args(Jitter)
@@ -68,21 +76,12 @@ def _error_type(output: StageOutput) -> str:
     return "_OTHER"
 
 
-def _check_seconds(name: str, value: object, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
-    return float(value)
-
-
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-    return value
+def _checked(owner: str, check: Callable[..., _T], *args: object, **kwargs: object) -> _T:
+    """Run an argument check, naming ``owner`` in the message of the error it raises."""
+    try:
+        return check(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{owner}: {exc}") from None
 
 
 class RetryInterceptor:
@@ -146,27 +145,46 @@ class RetryInterceptor:
         sleep: Sleep = anyio.sleep,
         random: _random.Random | None = None,
     ) -> None:
-        self.max_attempts = _check_count("max_attempts", max_attempts)
-        self.base_delay = _check_seconds("base_delay", base_delay, allow_zero=True)
-        self.max_delay = _check_seconds("max_delay", max_delay, allow_zero=True)
+        owner = "RetryInterceptor"
+        self.max_attempts: int = _checked(owner, check_count, "max_attempts", max_attempts)
+        self.base_delay: float = _checked(
+            owner, check_seconds, "base_delay", base_delay, allow_zero=True
+        )
+        self.max_delay: float = _checked(
+            owner, check_seconds, "max_delay", max_delay, allow_zero=True
+        )
         if self.max_delay < self.base_delay:
             raise ValueError(
-                f"max_delay ({max_delay!r}) must be >= base_delay ({base_delay!r}); "
+                f"{owner}: max_delay ({max_delay!r}) must be >= base_delay ({base_delay!r}); "
                 "raise max_delay or lower base_delay"
             )
-        if backoff not in _BACKOFFS:
-            raise ValueError(f"unknown backoff {backoff!r}; use one of {', '.join(_BACKOFFS)}")
-        if jitter not in _JITTERS:
-            raise ValueError(f"unknown jitter {jitter!r}; use one of {', '.join(_JITTERS)}")
-        types = (retry_on,) if isinstance(retry_on, type) else tuple(retry_on)
+        if not (isinstance(backoff, str) and backoff in _BACKOFFS):
+            raise ValueError(
+                f"{owner}: unknown backoff {describe(backoff)}; use one of {', '.join(_BACKOFFS)}"
+            )
+        if not (isinstance(jitter, str) and jitter in _JITTERS):
+            raise ValueError(
+                f"{owner}: unknown jitter {describe(jitter)}; use one of {', '.join(_JITTERS)}"
+            )
+        if isinstance(retry_on, type):
+            types: tuple[object, ...] = (retry_on,)
+        else:
+            types = _checked(owner, sequence_of, "retry_on", retry_on, item="exception types")
         for entry in types:
             if not (isinstance(entry, type) and issubclass(entry, BaseException)):
-                raise TypeError(f"retry_on must hold exception types, got {entry!r}")
-        if retry_if is not None and not callable(retry_if):
-            raise TypeError(f"retry_if must be a callable or None, got {retry_if!r}")
+                raise TypeError(
+                    f"{owner}: retry_on must hold exception types, got {describe(entry)}"
+                )
+        _checked(owner, check_callable, "retry_if", retry_if, allow_none=True)
+        _checked(owner, check_bool, "retry_on_status", retry_on_status)
+        _checked(owner, check_callable, "sleep", sleep)
+        if random is not None and not callable(getattr(random, "uniform", None)):
+            raise TypeError(
+                f"{owner}: random must be a random.Random or None, got {describe(random)}"
+            )
         self.backoff: Backoff = backoff
         self.jitter: Jitter = jitter
-        self.retry_on: tuple[type[BaseException], ...] = types
+        self.retry_on: tuple[type[BaseException], ...] = types  # type: ignore[assignment]
         self.retry_if = retry_if
         self.retry_on_status = retry_on_status
         self._sleep = sleep
@@ -290,15 +308,24 @@ class TimeoutInterceptor:
     def __init__(
         self, default: float | None = 30.0, *, per_stage: Mapping[str, float | None] | None = None
     ) -> None:
-        self.default = (
-            None if default is None else _check_seconds("default", default, allow_zero=False)
+        owner = "TimeoutInterceptor"
+        self.default: float | None = _checked(
+            owner, check_seconds, "default", default, allow_none=True
         )
+        if per_stage is not None and not isinstance(per_stage, Mapping):
+            raise TypeError(
+                f"{owner}: per_stage must be a mapping of stage names to seconds (or None), "
+                f"got {describe(per_stage)}"
+            )
         checked: dict[str, float | None] = {}
         for stage, value in (per_stage or {}).items():
-            checked[stage] = (
-                None
-                if value is None
-                else _check_seconds(f"per_stage[{stage!r}]", value, allow_zero=False)
+            if not isinstance(stage, str) or not stage:
+                raise TypeError(
+                    f"{owner}: per_stage keys must be stage names (non-empty strings), got "
+                    f"{describe(stage)}"
+                )
+            checked[stage] = _checked(
+                owner, check_seconds, f"per_stage[{stage!r}]", value, allow_none=True
             )
         self.per_stage: Mapping[str, float | None] = MappingProxyType(checked)
 

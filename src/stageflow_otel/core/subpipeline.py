@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._checks import check_count, describe, sequence_of
 from .context import RunIdentity, StageContext
 from .errors import MaxDepthExceededError, PipelineCancelled, StageExecutionError
 from .executor import PipelineResults, RunState
@@ -169,7 +170,10 @@ class SubpipelineSpawner:
     """Spawns subpipelines with settings of its own (a deeper or shallower ``max_depth``)."""
 
     def __init__(self, *, max_depth: int | None = None) -> None:
-        self.max_depth = max_depth
+        try:
+            self.max_depth = check_count("max_depth", max_depth, minimum=0, allow_none=True)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"SubpipelineSpawner: {exc}") from None
 
     async def spawn(
         self,
@@ -200,7 +204,15 @@ async def spawn_child(
     correlation_id: str | None = None,
     max_depth: int | None = None,
 ) -> SubpipelineResult:
-    """Run ``pipeline`` as a child of ``ctx``'s stage; see ``StageContext.spawn_subpipeline``."""
+    """Run ``pipeline`` as a child of ``ctx``'s stage; see ``StageContext.spawn_subpipeline``.
+
+    Raises:
+        TypeError: An argument has the wrong type (naming the stage, the parameter and the
+            value given).
+        MaxDepthExceededError: If nesting would pass the run's ``max_depth``.
+        PipelineValidationError: The child pipeline is invalid.
+    """
+    _check_spawn_arguments(ctx.stage_name, pipeline, data, inherit, correlation_id)
     parent: RunState = ctx._run
     limit = parent.max_depth if max_depth is None else max_depth
     depth = parent.depth + 1
@@ -328,6 +340,32 @@ async def spawn_child(
             },
         )
     return result
+
+
+def _check_spawn_arguments(
+    stage: str, pipeline: object, data: object, inherit: object, correlation_id: object
+) -> None:
+    from .pipeline import Pipeline
+
+    where = f"stage {stage!r}: spawn_subpipeline() "
+    if not isinstance(pipeline, Pipeline):
+        raise TypeError(f"{where}takes a Pipeline, got {describe(pipeline)}")
+    if data is not None and not isinstance(data, Mapping):
+        raise TypeError(f"{where}data must be a mapping or None, got {describe(data)}")
+    if not isinstance(inherit, bool):
+        keys = sequence_of(
+            "inherit", inherit, item="keys of the run input, or True/False", where=where
+        )
+        for index, key in enumerate(keys):
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"{where}inherit[{index}] must be a key of the run input (a string), got "
+                    f"{describe(key)}"
+                )
+    if correlation_id is not None and not isinstance(correlation_id, str):
+        raise TypeError(
+            f"{where}correlation_id must be a string or None, got {describe(correlation_id)}"
+        )
 
 
 def _as_results(

@@ -23,6 +23,8 @@ from typing import Any
 
 import anyio
 
+from stageflow_otel.core._checks import check_callable, check_count, check_seconds
+
 from .errors import (
     ApprovalAlreadyDecidedError,
     ApprovalRequestNotFoundError,
@@ -166,9 +168,15 @@ class ApprovalService:
         on_request: Callable[[ApprovalRequest], Any] | None = None,
         history: int = 1024,
     ) -> None:
-        self.default_timeout = default_timeout
+        try:
+            self.default_timeout = check_seconds(
+                "default_timeout", default_timeout, allow_zero=True, allow_inf=True
+            )
+            check_callable("on_request", on_request, allow_none=True)
+            self._history = check_count("history", history, minimum=0)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"ApprovalService: {exc}") from None
         self._on_request = on_request
-        self._history = history
         self._entries: dict[str, _Entry] = {}
         self._settled: deque[str] = deque()
 

@@ -30,8 +30,8 @@ import jsonschema.validators
 from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
 
+from stageflow_otel.core._checks import is_async_callable
 from stageflow_otel.core.model import StageArtifact
-from stageflow_otel.core.pipeline import _is_async_callable
 
 from .errors import SchemaViolation, ToolDefinitionError
 
@@ -258,7 +258,7 @@ class _Callable:
                 f"parameter; write it as ({first}) or ({first}, ctx)",
                 tool=tool,
             )
-        return cls(fn, _is_async_callable(fn), positional >= 2)
+        return cls(fn, is_async_callable(fn), positional >= 2)
 
     async def call(self, first: Any, ctx: StageContext) -> Any:
         """Call the function (in a worker thread if it is sync) and await what it returns."""

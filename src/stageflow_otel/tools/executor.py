@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from stageflow_otel.core._checks import check_seconds, describe
 from stageflow_otel.core.errors import StageCancellationRequested
 from stageflow_otel.core.interceptors import RunHook, qualified_name
 from stageflow_otel.core.model import StageArtifact
@@ -127,10 +128,22 @@ class ToolExecutor:
         approval_timeout: float = 60.0,
         undo_ttl: float = 3600.0,
     ) -> None:
-        if not approval_timeout >= 0:
-            raise ValueError(f"approval_timeout must be >= 0 seconds, got {approval_timeout!r}")
-        if not undo_ttl > 0:
-            raise ValueError(f"undo_ttl must be a positive number of seconds, got {undo_ttl!r}")
+        owner = "ToolExecutor"
+        if not isinstance(registry, ToolRegistry):
+            raise TypeError(f"{owner}: registry must be a ToolRegistry, got {describe(registry)}")
+        for arg, value, cls in (
+            ("approval_service", approval_service, ApprovalService),
+            ("undo_store", undo_store, UndoStore),
+        ):
+            if value is not None and not isinstance(value, cls):
+                raise TypeError(
+                    f"{owner}: {arg} must be a {cls.__name__} or None, got {describe(value)}"
+                )
+        try:
+            check_seconds("approval_timeout", approval_timeout, allow_zero=True, allow_inf=True)
+            check_seconds("undo_ttl", undo_ttl, allow_inf=True)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{owner}: {exc}") from None
         self.registry = registry
         self.approval_service = (
             ApprovalService(default_timeout=approval_timeout)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple, overload
 
+from stageflow_otel.core._checks import sequence_of
+
 from .definitions import (
     ToolDefinition,
     ToolHandler,
@@ -153,7 +155,11 @@ class ToolRegistry:
         self._tools: dict[str, ToolDefinition] = {}
         self._by_action_type: dict[str, str] = {}
         self._factories: dict[str, tuple[ToolFactory, str | None]] = {}
-        for definition in tools:
+        try:
+            definitions = sequence_of("tools", tools, item="ToolDefinition")
+        except TypeError as exc:
+            raise ToolDefinitionError(f"ToolRegistry: {exc}") from None
+        for definition in definitions:
             self.register(definition)
 
     # -- registration ---------------------------------------------------------------------

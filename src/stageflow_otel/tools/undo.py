@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from stageflow_otel.core._checks import check_seconds, describe
+
 from .definitions import UndoMetadata
 from .errors import ToolUndoError
 
@@ -46,7 +48,9 @@ class UndoStore:
     def __init__(
         self, *, default_ttl: float = 3600.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        _check_ttl(default_ttl)
+        _check_ttl(default_ttl, "default_ttl")
+        if not callable(clock):
+            raise TypeError(f"UndoStore: clock must be a callable, got {describe(clock)}")
         self.default_ttl = default_ttl
         self._clock = clock
         self._records: dict[str, tuple[UndoMetadata, float]] = {}
@@ -136,6 +140,8 @@ class UndoStore:
             return sum(1 for _, expires_at in self._records.values() if now < expires_at)
 
 
-def _check_ttl(ttl: float) -> None:
-    if not ttl > 0:  # also rejects NaN
-        raise ValueError(f"an undo TTL must be a positive number of seconds, got {ttl!r}")
+def _check_ttl(ttl: object, name: str = "ttl") -> None:
+    try:
+        check_seconds(name, ttl, allow_inf=True)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"UndoStore: {exc}") from None

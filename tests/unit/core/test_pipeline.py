@@ -308,7 +308,7 @@ class SyncExecute:
     [
         (NoExecute, "has no execute(ctx) method"),
         (SyncExecute(), "execute must be `async def`"),
-        (42, "is not callable"),
+        (42, "runner must be a Stage instance or class"),
     ],
 )
 def test_unusable_runners_are_rejected(runner: object, fragment: str) -> None:
@@ -459,7 +459,7 @@ def test_an_unknown_kind_is_rejected_listing_the_kinds() -> None:
 
 @pytest.mark.parametrize("argument", ["dependencies", "after"])
 def test_a_string_of_dependencies_is_rejected(argument: str) -> None:
-    with pytest.raises(PipelineValidationError, match=r"write dependencies=\['b'\]"):
+    with pytest.raises(PipelineValidationError, match=rf"write {argument}=\['b'\]"):
         Pipeline("p").with_stage("a", noop, **{argument: "b"})  # type: ignore[arg-type]
 
 
@@ -473,9 +473,9 @@ def test_empty_names_are_rejected() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        ({"failure_mode": "sometimes"}, "unknown failure_mode"),
-        ({"max_concurrency": 0}, "max_concurrency must be at least 1"),
-        ({"max_depth": -1}, "max_depth must be >= 0"),
+        ({"failure_mode": "sometimes"}, "failure_mode must be 'fail_fast' or 'continue'"),
+        ({"max_concurrency": 0}, "max_concurrency must be a whole number >= 1 or None"),
+        ({"max_depth": -1}, "max_depth must be a whole number >= 0"),
     ],
 )
 def test_bad_build_options_are_rejected(kwargs: dict[str, object], fragment: str) -> None:
