@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck pytest components dashboards bench clean
+.PHONY: install demo test lint typecheck pytest components dashboards bench bench-engine bench-peers clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,8 +40,15 @@ pytest: install
 
 test: lint typecheck components pytest
 
+# What observing a stage costs (the table of docs/telemetry.md); the engine alone; against peers.
 bench: install
+	$(PY) benchmarks/telemetry.py
+
+bench-engine: install
 	$(PY) benchmarks/engine.py
+
+bench-peers: install
+	$(PY) benchmarks/peers.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,28 +1,45 @@
-"""Per-stage cost of full instrumentation, against the bare engine and the floor.
+"""What observing a stage costs: stageflow-otel instrumented against the bare engine and the floor.
 
-Fully instrumented = spans through a BatchSpanProcessor into a null exporter, Prometheus
-metrics (with exemplars), and lifecycle events into an OpenTelemetry log event sink whose
-exporter discards; a fully instrumented run is timed until its events are exported
-(``force_flush``), so the export thread's work counts against the run that caused it. The
-floor is what one stage minimally costs to observe by hand: one SDK span with 10 attributes
-plus one histogram observation. Target: instrumented <= 1.3 x (bare engine + floor).
+Every scenario runs the same 1,000-stage fan-out of no-op stages, built once; the scenarios are
+sampled round-robin (A, B, C, ..., A, B, C, ...) in one process, so machine noise hits all of
+them alike, and each row is the median of ``--runs`` runs, in µs per stage.
 
-The reference row is a hand-written hook doing only what any stage tracing must: start one
-SDK span per stage (two attributes), make it current while the stage runs, end it. It shows
-what the SDK's span costs inside a running engine, next to the floor measured in a tight loop.
-Run: ``python benchmarks/telemetry.py``.
+- **fully instrumented**: the contract's spans through a ``BatchSpanProcessor`` into an
+  exporter that discards, Prometheus metrics with exemplars, lifecycle events exported as
+  OpenTelemetry log records through the backpressure queue into a log exporter that
+  discards, and canonical lines unhandled (structlog not configured, the stdlib logger at its
+  default level: what a user gets before configuring logging). A run is timed until its events
+  are exported (``force_flush``), so the export thread's work counts against it.
+- **floor**: what observing one stage minimally costs by hand, measured in the same run in a
+  tight loop: one SDK span with 10 attributes made current and ended, plus one histogram
+  observation with an exemplar.
+
+Beside the wall time per stage it reports the CPU time per stage of the event loop's thread
+(what the pipeline itself pays) and of the whole process (the export threads included), the
+cost of an unhandled canonical line, where an instrumented stage's time goes, part by part,
+and how the cost per stage holds at 10,000 stages.
+
+Targets: fully instrumented <= 1.2 x (bare + floor); spans + metrics <= 1.0 x (bare + floor);
+an unhandled canonical line <= 2 µs per stage; 10,000 stages <= 1.3 x the cost per stage at
+1,000. Compare with stageflow-core in ``benchmarks/peers.py``.
+
+Run: ``make bench`` or ``.venv/bin/python benchmarks/telemetry.py [--runs N]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
+import logging
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
@@ -33,9 +50,10 @@ from prometheus_client import CollectorRegistry, Histogram
 from stageflow_otel import Pipeline, StageContext, StageOutput
 from stageflow_otel.core import BaseInterceptor, CallNext, RunCall, RunHook, StageCall
 from stageflow_otel.observability import Telemetry
+from stageflow_otel.observability.metrics import observe_with_trace
 
 STAGES = 1000
-RUNS = 25
+LARGE = 10_000
 OK = StageOutput.ok()
 
 
@@ -45,7 +63,11 @@ class NullSpanExporter(SpanExporter):
 
 
 class NullLogExporter(LogRecordExporter):
+    def __init__(self) -> None:
+        self.records = 0
+
     def export(self, batch: Sequence[object]) -> LogRecordExportResult:
+        self.records += len(batch)
         return LogRecordExportResult.SUCCESS
 
     def shutdown(self) -> None:
@@ -101,140 +123,178 @@ def fan_out(n: int) -> Pipeline:
     return pipeline
 
 
-async def interleaved_medians(
-    runs: dict[str, Callable[[], Awaitable[object]]], n: int
-) -> dict[str, float]:
-    """Median µs/stage of each scenario, sampled round-robin so machine noise hits all alike."""
-    samples: dict[str, list[float]] = {name: [] for name in runs}
+@dataclass
+class Cost:
+    """Medians per stage, in µs: wall time, the loop thread's CPU, the process's CPU."""
+
+    wall: float
+    loop_cpu: float
+    cpu: float
+
+
+async def interleaved(
+    runs: dict[str, Callable[[], Awaitable[object]]], stages: int, rounds: int
+) -> dict[str, Cost]:
+    """Median cost per stage of each scenario, sampled round-robin."""
+    samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runs}
     for run in runs.values():
-        await run()  # warm-up
-    for _ in range(RUNS):
+        await run()  # warm-up: series resolved, threads started
+    for _ in range(rounds):
         for name, run in runs.items():
             gc.collect()
-            start = time.perf_counter()
+            wall, loop_cpu, cpu = time.perf_counter(), time.thread_time(), time.process_time()
             await run()
-            samples[name].append((time.perf_counter() - start) / n * 1e6)
-    return {name: statistics.median(values) for name, values in samples.items()}
+            samples[name].append(
+                (
+                    (time.perf_counter() - wall) / stages * 1e6,
+                    (time.thread_time() - loop_cpu) / stages * 1e6,
+                    (time.process_time() - cpu) / stages * 1e6,
+                )
+            )
+    return {
+        name: Cost(*(statistics.median(values[i] for values in taken) for i in range(3)))
+        for name, taken in samples.items()
+    }
 
 
 def floor_us(provider: TracerProvider) -> float:
+    """One current SDK span with 10 attributes + one histogram observation with exemplar."""
     tracer = provider.get_tracer("floor")
     histogram = Histogram("floor_seconds", "floor", ("a",), registry=CollectorRegistry())
     child = histogram.labels("x")
-    attrs = {f"attr.{i}": i for i in range(10)}
+    attributes = {f"attr.{i}": i for i in range(10)}
     samples = []
     for _ in range(7):
         start = time.perf_counter()
         for _ in range(5000):
-            span = tracer.start_span("floor", attributes=attrs)
+            span = tracer.start_span("floor", attributes=attributes)
+            token = otel_context.attach(trace.set_span_in_context(span))
+            otel_context.detach(token)
             span.end()
-            child.observe(0.001)
+            context = span.get_span_context()
+            observe_with_trace(
+                child, 0.001, format(context.trace_id, "032x"), format(context.span_id, "016x")
+            )
         samples.append((time.perf_counter() - start) / 5000 * 1e6)
     return statistics.median(samples)
 
 
-async def main() -> None:
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(NullSpanExporter(), max_queue_size=200_000))
-    pipeline = fan_out(STAGES)
-    bare = pipeline.build(hooks=[])
-    telemetry = Telemetry(
-        tracer_provider=provider,
-        registry=CollectorRegistry(),
-        canonical_logs=False,
-        event_exporter=NullLogExporter(),
-        sink_options={"max_queue_size": 8192},
-    )
-    instrumented = pipeline.build(hooks=telemetry.hooks, event_sink=telemetry.event_sink)
-    with_interceptor = pipeline.build(
-        hooks=telemetry.hooks, event_sink=telemetry.event_sink, interceptors=[PassThrough()]
-    )
+class Scenarios:
+    """The graphs of the benchmark, on one tracer provider."""
 
-    async def instrumented_run() -> None:
-        await instrumented.run()
-        telemetry.force_flush()
+    def __init__(self, stages: int) -> None:
+        self.provider = TracerProvider()
+        self.provider.add_span_processor(
+            BatchSpanProcessor(NullSpanExporter(), max_queue_size=20 * stages + 1000)
+        )
+        self.pipeline = fan_out(stages)
+        self.log_exporter = NullLogExporter()
+        self.full = self.telemetry(
+            canonical_logs=True,
+            event_exporter=self.log_exporter,
+            sink_options={"max_queue_size": 4 * stages + 1000},
+        )
 
-    async def with_interceptor_run() -> None:
-        await with_interceptor.run()
-        telemetry.force_flush()
+    def telemetry(self, **options: Any) -> Telemetry:
+        options.setdefault("canonical_logs", False)
+        return Telemetry(tracer_provider=self.provider, registry=CollectorRegistry(), **options)
 
-    one_span = pipeline.build(hooks=[OneSpanPerStage(provider.get_tracer("reference"))])
-    no_interceptor_spans = Telemetry(
-        tracer_provider=provider,
-        registry=CollectorRegistry(),
-        canonical_logs=False,
-        interceptor_spans=False,
+    def flushed(self, telemetry: Telemetry, **build: Any) -> Callable[[], Awaitable[None]]:
+        graph = self.pipeline.build(hooks=telemetry.hooks, event_sink=telemetry.event_sink, **build)
+
+        async def run() -> None:
+            await graph.run()
+            telemetry.force_flush()
+
+        return run
+
+
+def dropped(telemetry: Telemetry) -> int:
+    statistics_of = getattr(telemetry.event_sink, "statistics", None)
+    return int(statistics_of().dropped) if statistics_of is not None else 0
+
+
+async def main(rounds: int) -> None:
+    logging.getLogger("stageflow_otel").setLevel(logging.NOTSET)  # the default users get
+    structlog.reset_defaults()  # structlog unconfigured: canonical lines go to stdlib logging
+    s = Scenarios(STAGES)
+    bare = s.pipeline.build(hooks=[])
+    spans_only = s.telemetry(metrics=False)
+    spans_metrics = s.telemetry()
+    with_lines = s.telemetry(canonical_logs=True)
+    one_span = s.pipeline.build(hooks=[OneSpanPerStage(s.provider.get_tracer("reference"))])
+    scenarios: dict[str, Callable[[], Awaitable[object]]] = {
+        "bare engine": bare.run,
+        "reference: one current SDK span per stage": one_span.run,
+        "spans (contract attributes, links, ids)": s.pipeline.build(hooks=spans_only.hooks).run,
+        "spans + metrics": s.pipeline.build(hooks=spans_metrics.hooks).run,
+        "spans + metrics + canonical lines (unhandled)": s.pipeline.build(
+            hooks=with_lines.hooks
+        ).run,
+        "fully instrumented": s.flushed(s.full),
+        "  + 1 interceptor, with its span": s.flushed(s.full, interceptors=[PassThrough()]),
+        "bare engine + 1 interceptor": s.pipeline.build(hooks=[], interceptors=[PassThrough()]).run,
+    }
+    floor = floor_us(s.provider)
+    costs = await interleaved(scenarios, STAGES, rounds)
+    exported = s.log_exporter.records
+
+    large = Scenarios(LARGE)
+    scaling = await interleaved(
+        {"1,000": s.flushed(s.full), "10,000": large.flushed(large.full)},
+        1,  # per run; divided below
+        max(3, rounds // 4),
     )
-    with_interceptor_no_spans = pipeline.build(
-        hooks=no_interceptor_spans.hooks, interceptors=[PassThrough()]
-    )
-    bare_interceptor = pipeline.build(hooks=[], interceptors=[PassThrough()])
-    logs_on = Telemetry(tracer_provider=provider, registry=CollectorRegistry(), canonical_logs=True)
-    with_logs = pipeline.build(hooks=logs_on.hooks)
+    per_stage_small = scaling["1,000"].wall / STAGES
+    per_stage_large = scaling["10,000"].wall / LARGE
 
-    spans_metrics = Telemetry(
-        tracer_provider=provider, registry=CollectorRegistry(), canonical_logs=False
-    )
-    with_spans_metrics = pipeline.build(hooks=spans_metrics.hooks)
-    spans_only = Telemetry(
-        tracer_provider=provider, registry=CollectorRegistry(), canonical_logs=False, metrics=False
-    )
-    with_spans_only = pipeline.build(hooks=spans_only.hooks)
-
-    floor = floor_us(provider)
-    medians = await interleaved_medians(
-        {
-            "bare engine": bare.run,
-            "reference: one current SDK span per stage, nothing else": one_span.run,
-            "spans (all contract attributes, no metrics, no event sink)": with_spans_only.run,
-            "spans + metrics (no event sink)": with_spans_metrics.run,
-            "fully instrumented (spans, metrics, events -> OTel log sink)": instrumented_run,
-            "  + 1 interceptor with its span": with_interceptor_run,
-            "  + 1 interceptor, interceptor spans off (no event sink)": (
-                with_interceptor_no_spans.run
-            ),
-            "bare engine + 1 interceptor": bare_interceptor.run,
-        },
-        STAGES,
-    )
-    import structlog
-
-    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
-    logs = await interleaved_medians({"with_logs": with_logs.run}, STAGES)
-    telemetry.shutdown()
-
-    rows = [("floor (1 SDK span + 10 attrs + 1 histogram observe)", floor), *medians.items()]
-    rows.append(("spans + metrics + canonical structlog lines (ReturnLogger)", logs["with_logs"]))
-    t_bare = medians["bare engine"]
-    t_full = medians["fully instrumented (spans, metrics, events -> OTel log sink)"]
-    t_icpt = medians["  + 1 interceptor with its span"]
-    t_span = medians["reference: one current SDK span per stage, nothing else"]
-    width = max(len(r[0]) for r in rows)
+    width = max(map(len, scenarios))
     print(
-        f"{'scenario':<{width}}  µs/stage  ({STAGES}-stage fan-out, median of {RUNS} "
-        "interleaved runs)"
+        f"{'scenario':<{width}}   wall  loop CPU  all CPU   µs per stage ({STAGES}-stage "
+        f"fan-out, median of {rounds} interleaved runs)"
     )
-    for label, value in rows:
-        print(f"{label:<{width}}  {value:8.2f}")
+    print(f"{'floor (1 current SDK span, 10 attributes, 1 exemplar)':<{width}} {floor:6.2f}")
+    for name, cost in costs.items():
+        print(f"{name:<{width}} {cost.wall:6.2f}  {cost.loop_cpu:8.2f}  {cost.cpu:7.2f}")
+    t_bare = costs["bare engine"].wall
     target = t_bare + floor
+    full = costs["fully instrumented"].wall
+    spans_metrics_cost = costs["spans + metrics"].wall
+    line = costs["spans + metrics + canonical lines (unhandled)"].wall - spans_metrics_cost
     print()
-    print(f"instrumented / (bare + floor) = {t_full / target:.2f}  (target <= 1.30)")
-    print(f"reference / (bare + floor)    = {t_span / target:.2f}")
-    print(f"interceptor span cost on top   = {t_icpt - t_full:.2f} µs/stage")
-    t_spans = medians["spans (all contract attributes, no metrics, no event sink)"]
-    t_metrics = medians["spans + metrics (no event sink)"]
+    print(f"fully instrumented / (bare + floor) = {full / target:5.2f}   (target <= 1.20)")
+    print(
+        f"spans + metrics / (bare + floor)    = {spans_metrics_cost / target:5.2f}   (target <= 1.00)"
+    )
+    print(f"an unhandled canonical line         = {line:5.2f} µs per stage (target <= 2)")
+    print(
+        f"10,000 stages / 1,000 stages        = {per_stage_large / per_stage_small:5.2f}   "
+        f"(target <= 1.30; {per_stage_small:.1f} and {per_stage_large:.1f} µs per stage)"
+    )
+    print(f"event records exported: {exported}, dropped: {dropped(s.full) + dropped(large.full)}")
     print()
-    print(f"where an instrumented stage's time goes (µs; the target allows {1.3 * target:.2f}):")
+    print("where a fully instrumented stage's time goes (µs, wall):")
+    t_spans = costs["spans (contract attributes, links, ids)"].wall
+    t_one = costs["reference: one current SDK span per stage"].wall
     for label, value in (
-        ("bare engine", t_bare),
-        ("one current SDK span", t_span - t_bare),
-        ("the contract's other span attributes, links, ids", t_spans - t_span),
-        ("Prometheus metrics with exemplars", t_metrics - t_spans),
-        ("two lifecycle events, exported as OTel log records", t_full - t_metrics),
+        ("the bare engine", t_bare),
+        ("its span (ContractSpan, made current)", t_spans - t_bare),
+        ("  (for comparison: one current SDK span, 2 attributes)", t_one - t_bare),
+        ("Prometheus metrics with exemplars", spans_metrics_cost - t_spans),
+        ("canonical lines, unhandled", line),
+        ("two lifecycle events, exported as OTel log records", full - spans_metrics_cost - line),
+        (
+            "an interceptor with its span",
+            costs["  + 1 interceptor, with its span"].wall - full,
+        ),
     ):
-        print(f"  {label:<52} {value:7.2f}")
+        print(f"  {label:<56} {value:7.2f}")
     print(f"python {sys.version.split()[0]}")
+    s.full.shutdown()
+    large.full.shutdown()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=25, help="interleaved runs per scenario")
+    asyncio.run(main(parser.parse_args().runs))

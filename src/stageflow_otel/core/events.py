@@ -64,9 +64,20 @@ class Event:
         trace_id: The trace of the span current where it was emitted; 0 without tracing.
         span_id: That span; 0 without tracing.
         trace_flags: That span's W3C trace flags (bit 0: sampled).
+        trace_context: What the run hook that set the trace context keeps with it (the
+            tracing library's own context object); opaque to the engine, ``None`` without one.
     """
 
-    __slots__ = ("_data", "fields", "span_id", "time_ns", "trace_flags", "trace_id", "type")
+    __slots__ = (
+        "_data",
+        "fields",
+        "span_id",
+        "time_ns",
+        "trace_context",
+        "trace_flags",
+        "trace_id",
+        "type",
+    )
 
     def __init__(self, type: str, fields: dict[str, Any], time_ns: int | None = None) -> None:
         self.type = type
@@ -75,6 +86,7 @@ class Event:
         self.trace_id = 0
         self.span_id = 0
         self.trace_flags = 0
+        self.trace_context: object = None
         self._data: Mapping[str, Any] | None = None
 
     @classmethod
@@ -85,6 +97,7 @@ class Event:
         event.fields = data  # type: ignore[assignment]
         event.time_ns = None
         event.trace_id = event.span_id = event.trace_flags = 0
+        event.trace_context = None
         event._data = data
         return event
 

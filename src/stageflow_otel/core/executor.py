@@ -656,6 +656,9 @@ class RunState:
                     "kind": spec.kind._value_,
                     "attempt": call.attempt,
                     "queue_wait_ms": round(call.queue_wait_s * 1000, 3),
+                    # Set again by ``emit``; here the dict is made at its final size.
+                    "pipeline_run_id": self.run_id,
+                    "pipeline": self.name,
                 },
             )
         try:
@@ -704,6 +707,8 @@ class RunState:
             "status": status._value_,
             "duration_ms": round(output.duration_ms or 0.0, 3),
             "attempt": call.attempt,
+            "pipeline_run_id": self.run_id,
+            "pipeline": self.name,
         }
         if status is _FAIL:
             payload["error"] = output.error

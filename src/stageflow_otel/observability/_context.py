@@ -32,7 +32,7 @@ class RunRecord:
         self.metric_pipeline = metric_pipeline
         self.stage_spans: dict[str, trace.SpanContext] = {}
         self.base_attributes: dict[str, Any] = {}
-        self.active_series: Any = None
+        self.active_series: Any = None  # adds to the stages_active gauge child: (1) or (-1)
         self.queue_wait_series: Any = None
         self.canonical: Any = None  # the run's ``CanonicalLog``, when canonical lines are on
         span_context = span.get_span_context()

@@ -110,6 +110,10 @@ class ContractSpan(sdk_trace.Span):
         else:
             self._attributes = self._bounded(attributes)
 
+    def get_span_context(self) -> SpanContext:
+        """The span's context (the SDK's, without its ``typing.cast`` call)."""
+        return self._context  # type: ignore[return-value]
+
     def _bounded(self, attributes: Mapping[str, Any]) -> BoundedAttributes:
         limits = self._limits
         return BoundedAttributes(

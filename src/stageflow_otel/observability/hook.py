@@ -47,7 +47,7 @@ from ._context import (
 )
 from ._spans import ContractSpan, SpanStarter
 from .logging import CanonicalLog
-from .metrics import StageflowMetrics, StageSeries, observe_with_trace
+from .metrics import StageflowMetrics, StageSeries, adder, observe, observe_with_trace
 
 __all__ = ("Redactor", "TelemetryHook")
 
@@ -181,7 +181,7 @@ class TelemetryHook(RunHook):
         run_token = current_run.set(record)
         if metrics:
             metrics.pipeline_active.labels(metric_pipeline).inc()
-            record.active_series = metrics.stages_active.labels(metric_pipeline)
+            record.active_series = adder(metrics.stages_active.labels(metric_pipeline))
             record.queue_wait_series = metrics.stage_queue_wait.labels(metric_pipeline)
         started = _perf()
         status = "cancel"
@@ -278,8 +278,8 @@ class TelemetryHook(RunHook):
             record.hex_ids = run.hex_ids(span_context)
         stage_token = current_stage.set(record)
         if metrics:
-            run.active_series.inc()
-            run.queue_wait_series.observe(call.queue_wait_s)
+            run.active_series(1)
+            observe(run.queue_wait_series, call.queue_wait_s)
         output: StageOutput | None = None
         try:
             output = await proceed(call)
@@ -342,14 +342,14 @@ class TelemetryHook(RunHook):
             metrics = self.metrics
             assert metrics is not None
             label_error = "" if error_type is None else metrics.error_type_label(error_type)
-            runs, durations = series.outcome(status._value_, label_error)
-            runs.inc()
+            add_run, durations = series.outcome(status._value_, label_error)
+            add_run(1)
             ids = record.hex_ids
             if ids is not None:
                 observe_with_trace(durations, duration, *ids)
             else:
                 durations.observe(duration)
-            run.active_series.dec()
+            run.active_series(-1)
         canonical = run.canonical
         if canonical is not None and canonical.enabled(status is StageStatus.FAIL):
             canonical.write(
@@ -566,14 +566,16 @@ class TelemetryHook(RunHook):
         sink that needs text formats it).
         """
         stage = current_stage.get()
-        if stage is not None and otel_context.get_current() is stage.context:
+        context = otel_context.get_current()
+        if stage is not None and context is stage.context:
             span_context = stage.span_context
         else:
-            span_context = trace.get_current_span().get_span_context()
+            span_context = trace.get_current_span(context).get_span_context()
         if span_context.is_valid:
             event.trace_id = span_context.trace_id
             event.span_id = span_context.span_id
             event.trace_flags = span_context.trace_flags
+            event.trace_context = context  # what a log record's ``context`` is
         if event.type == "stage.retrying" and stage is not None:
             fields = event.fields
             stage.span.add_event(

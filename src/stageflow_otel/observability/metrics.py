@@ -29,6 +29,8 @@ __all__ = (
     "MetricsServer",
     "StageSeries",
     "StageflowMetrics",
+    "adder",
+    "observe",
     "observe_with_trace",
     "serve_metrics",
 )
@@ -291,17 +293,44 @@ class StageSeries:
         self._outcomes: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def outcome(self, status: str, error_type: str) -> tuple[Any, Any]:
-        """``(stage_runs child, stage_duration child)`` for a status and error-type label."""
+        """``(add to stage_runs, stage_duration child)`` for a status and error-type label."""
         key = (status, error_type)
         children = self._outcomes.get(key)
         if children is None:
             metrics = self._metrics
             children = (
-                metrics.stage_runs.labels(self._pipeline, self.label, status, error_type),
+                adder(metrics.stage_runs.labels(self._pipeline, self.label, status, error_type)),
                 metrics.stage_duration.labels(self._pipeline, self.label, status),
             )
             self._outcomes[key] = children
         return children
+
+
+def adder(child: Any) -> Any:
+    """A callable adding to a counter or gauge child, minus ``inc``'s per-call checks.
+
+    ``adder(child)(1)`` is ``child.inc()``; ``adder(gauge_child)(-1)`` is ``dec()``. The checks
+    skipped are that the child is a labelled child (it is) and, for a counter, that the amount
+    is not negative (ours never is). Falls back to ``inc`` for a child without the layout this
+    was written for.
+    """
+    value = getattr(child, "_value", None)
+    inc = getattr(value, "inc", None)
+    return inc if callable(inc) else child.inc
+
+
+def observe(child: Any, amount: float) -> None:
+    """``child.observe(amount)`` on a histogram child, minus its per-call checks."""
+    try:
+        total, bounds, buckets = child._sum, child._upper_bounds, child._buckets
+    except AttributeError:
+        child.observe(amount)
+        return
+    total.inc(amount)
+    for i, bound in enumerate(bounds):
+        if amount <= bound:
+            buckets[i].inc(1)
+            return
 
 
 def observe_with_trace(child: Any, amount: float, trace_id: str, span_id: str) -> None:
@@ -328,6 +357,7 @@ def observe_with_trace(child: Any, amount: float, trace_id: str, span_id: str) -
             return
 
 
+@dataclass
 class MetricsServeError(OSError):
     """``/metrics`` cannot be served on an address and port.
 

@@ -62,8 +62,8 @@ _PRIMITIVE = (str, bool, int, float)
 def flatten_attributes(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flatten a payload into OpenTelemetry attributes.
 
-    Nested keys are dotted, string lists kept, everything else JSON-encoded; ``None`` is left
-    out.
+    Nested keys are dotted, string lists kept (an empty one too: an empty array attribute),
+    everything else JSON-encoded; ``None`` is left out.
     """
     out: dict[str, Any] = {}
     for key, value in data.items():
@@ -76,9 +76,9 @@ def flatten_attributes(data: Mapping[str, Any], prefix: str = "") -> dict[str, A
         if isinstance(value, Mapping):
             out.update(flatten_attributes(value, f"{name}."))
         elif isinstance(value, list | tuple):
-            if value and all(isinstance(v, str) for v in value):
+            if all(isinstance(v, str) for v in value):
                 out[name] = list(value)
-            elif value:
+            else:
                 out[name] = json.dumps(value, default=str, sort_keys=True)
         else:
             out[name] = json.dumps(value, default=str, sort_keys=True)
@@ -190,7 +190,7 @@ def _attributes_and_body(fields: Mapping[str, Any]) -> tuple[Mapping[str, Any], 
         kind = type(value)
         if kind in _PLAIN and key not in _TRACE_KEYS:
             continue
-        if kind is list and value and all(type(v) is str for v in value):
+        if kind is list and all(type(v) is str for v in value):
             continue
         break
     else:
@@ -202,8 +202,7 @@ def _attributes_and_body(fields: Mapping[str, Any]) -> tuple[Mapping[str, Any], 
             if key not in _TRACE_KEYS:
                 attributes[key] = value
         elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            if value:
-                attributes[key] = value
+            attributes[key] = value
         elif value is not None:
             break
     else:
@@ -227,6 +226,10 @@ def _typed_trace(event: Event, cache: dict[Any, Any]) -> TraceOf:
     """The trace context of a typed event; one per span and batch."""
     if not event.trace_id:
         return _NO_TRACE
+    context = event.trace_context
+    if isinstance(context, Context):  # the context the event was emitted in, as it was
+        flags = _SAMPLED if event.trace_flags & 1 else _NOT_SAMPLED
+        return context, event.trace_id, event.span_id, flags
     key = (event.trace_id, event.span_id, event.trace_flags)
     found: TraceOf | None = cache.get(key)
     if found is None:
