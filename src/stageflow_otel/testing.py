@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
-from stageflow_otel.core.interceptors import RunHook
+from stageflow_otel.core.seams import RunHook
 from stageflow_otel.observability.telemetry import Telemetry
 
 __all__ = (

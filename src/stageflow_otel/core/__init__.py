@@ -60,13 +60,6 @@ from .idempotency import IdempotencyRecord as IdempotencyRecord
 from .idempotency import IdempotencyStore as IdempotencyStore
 from .idempotency import InMemoryIdempotencyStore as InMemoryIdempotencyStore
 from .idempotency import RedisIdempotencyStore as RedisIdempotencyStore
-from .interceptors import BaseInterceptor as BaseInterceptor
-from .interceptors import CallNext as CallNext
-from .interceptors import Interceptor as Interceptor
-from .interceptors import InterceptorChain as InterceptorChain
-from .interceptors import RunCall as RunCall
-from .interceptors import RunHook as RunHook
-from .interceptors import StageCall as StageCall
 from .model import NoOpStage as NoOpStage
 from .model import Stage as Stage
 from .model import StageArtifact as StageArtifact
@@ -82,9 +75,19 @@ from .pipeline import StageSpec as StageSpec
 from .pipeline import stage_fn as stage_fn
 from .resilience import RetryInterceptor as RetryInterceptor
 from .resilience import TimeoutInterceptor as TimeoutInterceptor
+from .seams import BaseInterceptor as BaseInterceptor
+from .seams import CallNext as CallNext
+from .seams import Interceptor as Interceptor
+from .seams import InterceptorChain as InterceptorChain
+from .seams import RunCall as RunCall
+from .seams import RunHook as RunHook
+from .seams import RunProgress as RunProgress
+from .seams import StageCall as StageCall
+from .seams import SubpipelineCall as SubpipelineCall
+from .seams import ToolCall as ToolCall
+from .seams import compose as compose
 from .subpipeline import ChildRunStatistics as ChildRunStatistics
 from .subpipeline import ChildRunTracker as ChildRunTracker
-from .subpipeline import SubpipelineCall as SubpipelineCall
 from .subpipeline import SubpipelineResult as SubpipelineResult
 from .subpipeline import SubpipelineSpawner as SubpipelineSpawner
 from .wide_events import WideEventEmitter as WideEventEmitter
@@ -141,6 +144,7 @@ __all__ = (
     "RunCall",
     "RunHook",
     "RunIdentity",
+    "RunProgress",
     "ServiceUnavailableError",
     "SinkClosedError",
     "Stage",
@@ -165,11 +169,13 @@ __all__ = (
     "SubpipelineResult",
     "SubpipelineSpawner",
     "TimeoutInterceptor",
+    "ToolCall",
     "TransientError",
     "UndeclaredDependencyError",
     "UnifiedPipelineCancelled",
     "UnifiedStageExecutionError",
     "WideEventEmitter",
+    "compose",
     "default_extensions",
     "stage_fn",
 )

@@ -18,7 +18,7 @@ import reprlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, overload
 
-from .interceptors import RunHook
+from .seams import RunHook
 
 __all__ = (
     "check_bool",

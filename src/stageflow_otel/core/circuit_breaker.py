@@ -16,8 +16,8 @@ from enum import StrEnum
 
 from ._checks import check_callable, check_count, check_seconds
 from .errors import StageflowError
-from .interceptors import CallNext, StageCall
 from .model import StageOutput, StageStatus
+from .seams import CallNext, StageCall
 
 __all__ = (
     "CircuitBreakerInterceptor",

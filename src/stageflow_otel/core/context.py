@@ -23,6 +23,7 @@ from .model import StageOutput
 if TYPE_CHECKING:
     from .executor import RunState
     from .pipeline import Pipeline, StageSpec
+    from .seams import RunHook
     from .subpipeline import SubpipelineResult
 
 __all__ = (
@@ -258,6 +259,15 @@ class StageContext:
     def bag(self) -> ContextBag:
         """Run-wide write-once shared data."""
         return self._run.bag
+
+    @property
+    def run_hooks(self) -> tuple[RunHook, ...]:
+        """The hooks of the run this stage belongs to, in order.
+
+        What a component that makes its own calls inside a stage (the tool executor) wraps
+        them in: each hook's ``around_tool``.
+        """
+        return self._run.hooks
 
     @property
     def depth(self) -> int:

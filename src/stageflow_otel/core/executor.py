@@ -15,7 +15,7 @@ import datetime as _dt
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -34,16 +34,19 @@ from .errors import (
 )
 from .events import Event, EventSink, NoOpEventSink
 from .extensions import default_extensions
-from .interceptors import (
+from .model import StageOutput, StageStatus
+from .seams import (
     CallNext,
     Interceptor,
     InterceptorChain,
     RunCall,
     RunHook,
+    RunProgress,
     StageCall,
+    around_each_run,
+    compose,
     qualified_name,
 )
-from .model import StageOutput, StageStatus
 from .wide_events import WideEventEmitter, error_type_of
 
 if TYPE_CHECKING:
@@ -258,15 +261,6 @@ class StageGraph:
         return await state.start()
 
 
-def _with_hook(hook: RunHook, proceed: CallNext) -> CallNext:
-    around = hook.around_stage
-
-    async def wrapped(call: StageCall) -> StageOutput:
-        return await around(call, proceed)
-
-    return wrapped
-
-
 class RunState:
     """The state of one run: outputs, counters, tasks. Internal to the executor."""
 
@@ -342,11 +336,10 @@ class RunState:
         self._wrappers = tuple(
             h.around_interceptor for h in chosen_hooks if type(h).overrides("around_interceptor")
         )
-        entry: CallNext = self._run_stage_core
-        for hook in reversed(chosen_hooks):
-            if type(hook).overrides("around_stage"):
-                entry = _with_hook(hook, entry)
-        self._stage_entry = entry
+        self._stage_entry: CallNext = compose(
+            [h.around_stage for h in chosen_hooks if type(h).overrides("around_stage")],
+            self._run_stage_core,
+        )
         self._chains: dict[tuple[int, ...], CallNext] = {}
 
         specs = graph.specs
@@ -405,25 +398,28 @@ class RunState:
 
     async def start(self) -> PipelineResults:
         """Run, wrapped by every hook's ``around_run``."""
-        proceed: Callable[[], Awaitable[PipelineResults]] = self._execute
         hooks = [h for h in self.hooks if type(h).overrides("around_run")]
-        if hooks:
-            call = RunCall(
-                pipeline=self.name,
-                identity=self.identity,
-                data=self.data,
-                stage_names=tuple(spec.name for spec in self.specs),
-                depth=self.depth,
-                parent_run_id=self.parent_run_id,
-                parent_stage=self.parent_stage,
-                correlation_id=self.correlation_id,
-                traceparent=self.traceparent,
-                entry_point=self.entry_point,
-                state=self,
-            )
-            for hook in reversed(hooks):
-                proceed = _with_run_hook(hook, call, proceed)
-        return await proceed()
+        if not hooks:
+            return await self._execute()
+        call = RunCall(
+            pipeline=self.name,
+            identity=self.identity,
+            data=self.data,
+            stage_names=tuple(spec.name for spec in self.specs),
+            depth=self.depth,
+            parent_run_id=self.parent_run_id,
+            parent_stage=self.parent_stage,
+            correlation_id=self.correlation_id,
+            traceparent=self.traceparent,
+            entry_point=self.entry_point,
+            progress=RunProgress(self),
+        )
+
+        async def execute(_: RunCall) -> PipelineResults:
+            return await self._execute()
+
+        run = compose([around_each_run(hook) for hook in hooks], execute)
+        return await run(call)
 
     async def _execute(self) -> PipelineResults:
         self._perf_start = start = _perf()
@@ -830,15 +826,6 @@ class RunState:
 
 _CALLER_CANCELLED = "the caller was cancelled"
 _RUN_EVENT = {"ok": "completed", "fail": "failed", "cancel": "cancelled"}
-
-
-def _with_run_hook(
-    hook: RunHook, call: RunCall, proceed: Callable[[], Awaitable[PipelineResults]]
-) -> Callable[[], Awaitable[PipelineResults]]:
-    async def wrapped() -> PipelineResults:
-        return await hook.around_run(call, proceed)
-
-    return wrapped
 
 
 def _deliveries(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .events import EventSink
-from .interceptors import RunHook
+from .seams import RunHook
 
 __all__ = ("Extension", "ExtensionRegistry", "default_extensions")
 

@@ -29,8 +29,8 @@ import sniffio
 
 from ._checks import check_seconds, describe
 from .errors import IdempotencyParamMismatch
-from .interceptors import CallNext, StageCall, qualified_name
 from .model import StageOutput, StageStatus
+from .seams import CallNext, StageCall, qualified_name
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -24,8 +24,8 @@ from ._checks import (
     sequence_of,
 )
 from .errors import CycleDetectedError, PipelineValidationError, format_names
-from .interceptors import Interceptor, RunHook
 from .model import StageKind, StageReturn
+from .seams import Interceptor, RunHook
 
 if TYPE_CHECKING:
     from .cancellation import CancellationToken

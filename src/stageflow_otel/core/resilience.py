@@ -40,8 +40,8 @@ from ._checks import (
     sequence_of,
 )
 from .errors import RateLimitError, StageTimeoutError, TransientError
-from .interceptors import CallNext, StageCall, qualified_name
 from .model import StageOutput, StageStatus
+from .seams import CallNext, StageCall, qualified_name
 
 __all__ = ("Backoff", "Jitter", "RetryInterceptor", "TimeoutInterceptor")
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._checks import check_count, describe, sequence_of
 from .context import RunIdentity, StageContext
 from .errors import MaxDepthExceededError, PipelineCancelled, StageExecutionError
 from .executor import PipelineResults, RunState
-from .interceptors import RunHook
 from .model import StageOutput
+from .seams import SubpipelineCall, around_each_subpipeline, compose
 from .wide_events import error_type_of
 
 if TYPE_CHECKING:
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = (
     "ChildRunStatistics",
     "ChildRunTracker",
-    "SubpipelineCall",
     "SubpipelineResult",
     "SubpipelineSpawner",
 )
@@ -65,20 +64,6 @@ class SubpipelineResult:
     def data(self, stage: str) -> Mapping[str, Any]:
         """A child stage's output data."""
         return self.results.data(stage)
-
-
-@dataclass(frozen=True, slots=True)
-class SubpipelineCall:
-    """One subpipeline spawn, as ``RunHook.around_subpipeline`` sees it."""
-
-    pipeline: str
-    parent_pipeline: str
-    parent_run_id: str
-    parent_stage: str
-    child_run_id: str
-    correlation_id: str
-    depth: int
-    context: StageContext = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,12 +260,20 @@ async def spawn_child(
         depth=depth,
         context=ctx,
     )
-    proceed: Callable[[], Awaitable[PipelineResults]] = child.start
-    for hook in reversed(parent.hooks):
-        if type(hook).overrides("around_subpipeline"):
-            proceed = _wrap_subpipeline(hook, call, proceed)
+
+    async def start_child(_: SubpipelineCall) -> PipelineResults:
+        return await child.start()
+
+    spawn = compose(
+        [
+            around_each_subpipeline(hook)
+            for hook in parent.hooks
+            if type(hook).overrides("around_subpipeline")
+        ],
+        start_child,
+    )
     try:
-        results = await proceed()
+        results = await spawn(call)
     except StageExecutionError as exc:
         failed: StageOutput | None = exc.results.get(exc.stage)
         result = SubpipelineResult(
@@ -374,12 +367,3 @@ def _as_results(
     if isinstance(results, PipelineResults):
         return results
     return PipelineResults(results, pipeline=pipeline, run_id=run_id, status=status)
-
-
-def _wrap_subpipeline(
-    hook: RunHook, call: SubpipelineCall, proceed: Callable[[], Awaitable[PipelineResults]]
-) -> Callable[[], Awaitable[PipelineResults]]:
-    async def wrapped() -> PipelineResults:
-        return await hook.around_subpipeline(call, proceed)
-
-    return wrapped

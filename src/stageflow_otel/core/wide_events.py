@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .events import rfc3339_ns
-from .interceptors import qualified_name
 from .model import StageOutput, StageStatus
+from .seams import qualified_name
 
 if TYPE_CHECKING:
     from .context import RunIdentity

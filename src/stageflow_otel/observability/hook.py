@@ -26,7 +26,8 @@ from stageflow_otel.core.errors import (
     StageExecutionError,
 )
 from stageflow_otel.core.events import Event
-from stageflow_otel.core.interceptors import (
+from stageflow_otel.core.model import StageOutput, StageStatus
+from stageflow_otel.core.seams import (
     CallNext,
     Interceptor,
     RunCall,
@@ -34,7 +35,6 @@ from stageflow_otel.core.interceptors import (
     StageCall,
     qualified_name,
 )
-from stageflow_otel.core.model import StageOutput, StageStatus
 from stageflow_otel.core.wide_events import error_type_of
 
 from . import attributes as attr
@@ -225,7 +225,7 @@ class TelemetryHook(RunHook):
                             "status": status,
                             "duration_ms": round(duration * 1000, 3),
                             "stage_count": len(run.stage_names),
-                            "stages_run": len(run.state.outputs),
+                            "stages_run": len(run.progress.outputs),
                             "failed_stage": failed_stage,
                             "error": error,
                             "error_type": error_type,

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from stageflow_otel._version import package_version
 from stageflow_otel.core.events import EventSink
-from stageflow_otel.core.interceptors import RunHook
+from stageflow_otel.core.seams import RunHook
 
 from .config import METRICS_PORT, EventSelection, Settings
 from .hook import Redactor, TelemetryHook

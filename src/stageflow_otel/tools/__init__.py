@@ -26,12 +26,13 @@ Example::
 
 from __future__ import annotations
 
+from stageflow_otel.core.seams import ToolCall as ToolCall
+
 from .approval import ApprovalDecision as ApprovalDecision
 from .approval import ApprovalRequest as ApprovalRequest
 from .approval import ApprovalService as ApprovalService
 from .approval import ApprovalStatistics as ApprovalStatistics
 from .approval import ApprovalStatus as ApprovalStatus
-from .definitions import ToolCall as ToolCall
 from .definitions import ToolDefinition as ToolDefinition
 from .definitions import ToolHandler as ToolHandler
 from .definitions import ToolInput as ToolInput
@@ -55,7 +56,6 @@ from .errors import ToolInputValidationError as ToolInputValidationError
 from .errors import ToolNotFoundError as ToolNotFoundError
 from .errors import ToolUndoError as ToolUndoError
 from .executor import ToolExecutor as ToolExecutor
-from .executor import ToolHook as ToolHook
 from .executor import ToolProceed as ToolProceed
 from .registry import ParsedToolCalls as ParsedToolCalls
 from .registry import ResolvedToolCall as ResolvedToolCall
@@ -88,7 +88,6 @@ __all__ = (
     "ToolExecutor",
     "ToolFactory",
     "ToolHandler",
-    "ToolHook",
     "ToolInput",
     "ToolInputValidationError",
     "ToolNotFoundError",

@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from stageflow_otel.core.context import StageContext
 
 __all__ = (
-    "ToolCall",
     "ToolDefinition",
     "ToolHandler",
     "ToolInput",
@@ -569,37 +568,3 @@ def tool(
         )
 
     return decorate(handler) if handler is not None else decorate
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    """One tool call as run hooks see it (``around_tool(call, proceed)``).
-
-    Attributes:
-        tool: The tool name.
-        call_id: The LLM's tool call id, if any.
-        action_id: Unique id of this call.
-        action_type: The tool's action type (``None`` when no such tool is registered).
-        arguments: The call's arguments (user data: record only when opted in).
-        behavior: The behaviour the call runs under.
-        stage: The stage that made the call.
-        pipeline: The pipeline of that stage.
-        run_id: The run id.
-        context: The stage's context.
-    """
-
-    tool: str
-    call_id: str | None
-    action_id: str
-    action_type: str | None
-    arguments: Mapping[str, Any] = field(repr=False)
-    behavior: str | None
-    stage: str
-    pipeline: str
-    run_id: str
-    context: StageContext = field(repr=False, compare=False)
-
-    @property
-    def tool_name(self) -> str:
-        """Alias of :attr:`tool` (the name stageflow-core's events used)."""
-        return self.tool

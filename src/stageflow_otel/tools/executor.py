@@ -27,7 +27,8 @@ raises a ``ToolError``: it returns the failure as a ``ToolOutput`` with ``succes
 which suits LLM loops that send every result back to the model. Cancellation always propagates.
 
 **Telemetry seam.** Each call runs inside the ``around_tool(call, proceed)`` method of every run
-hook that has one (first hook outermost); see :class:`ToolHook`.
+hook that has one (first hook outermost); see
+:meth:`~stageflow_otel.core.seams.RunHook.around_tool`.
 
 **Changes from stageflow-core.** Tool events go to the calling run's sinks (stageflow-core sent
 them to a process-global sink); ``input_schema`` is enforced (stageflow-core never validated
@@ -41,15 +42,15 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any
 
 from stageflow_otel.core._checks import check_seconds, describe
 from stageflow_otel.core.errors import StageCancellationRequested
-from stageflow_otel.core.interceptors import RunHook, qualified_name
 from stageflow_otel.core.model import StageArtifact
+from stageflow_otel.core.seams import RunHook, ToolCall, compose, qualified_name
 
 from .approval import ApprovalService
-from .definitions import ToolCall, ToolDefinition, ToolInput, ToolOutput, UndoMetadata
+from .definitions import ToolDefinition, ToolInput, ToolOutput, UndoMetadata
 from .errors import (
     ToolApprovalDeniedError,
     ToolApprovalTimeoutError,
@@ -66,30 +67,10 @@ from .undo import UndoStore
 if TYPE_CHECKING:
     from stageflow_otel.core.context import StageContext
 
-__all__ = ("ToolExecutor", "ToolHook", "ToolProceed")
+__all__ = ("ToolExecutor", "ToolProceed")
 
 ToolProceed = Callable[[ToolCall], Awaitable[ToolOutput]]
-"""What ``around_tool`` awaits: runs the rest of the hooks and the call itself."""
-
-
-class ToolHook(Protocol):
-    """**Protocol:** a run hook that wraps tool calls.
-
-    Give a :class:`~stageflow_otel.core.interceptors.RunHook` subclass an ``around_tool``
-    method and pass it to ``Pipeline.run(hooks=[...])``: every tool call a stage of that run
-    makes through a :class:`ToolExecutor` runs inside it. Hooks nest in list order, the first
-    outermost, and enclose the lookup, the behaviour gate, schema validation, approval and the
-    handler, and the call's events.
-
-    ``await proceed(call)`` (pass the call you received) returns a *successful*
-    :class:`ToolOutput` or raises a :class:`ToolError` for any failure; cancellation (and a
-    handler's ``StageCancellationRequested``) pass through it too. A hook observes: it returns
-    what ``proceed`` returned and lets every exception propagate.
-    """
-
-    async def around_tool(self, call: ToolCall, proceed: ToolProceed) -> ToolOutput:
-        """Wrap one tool call."""
-        ...
+"""What a run hook's ``around_tool`` awaits: the rest of the hooks and the call itself."""
 
 
 def _ms_since(start: float) -> float:
@@ -202,10 +183,13 @@ class ToolExecutor:
         async def run_call(_: ToolCall) -> ToolOutput:
             return await self._run(tool_input, ctx)
 
-        proceed: ToolProceed = run_call
-        for around in reversed(_around_tool_methods(ctx)):
-            proceed = _link(around, proceed)
-        return await proceed(tool_call)
+        layers = [
+            hook.around_tool
+            for hook in ctx.run_hooks
+            if getattr(type(hook), "around_tool", _NO_AROUND_TOOL) is not _NO_AROUND_TOOL
+        ]
+        output: ToolOutput = await compose(layers, run_call)(tool_call)
+        return output
 
     async def try_execute(
         self,
@@ -590,22 +574,4 @@ def _outcome_event(exc: ToolError) -> tuple[str, dict[str, Any]]:
     return "tool.failed", data
 
 
-_NO_AROUND_TOOL = getattr(RunHook, "around_tool", None)
-
-
-def _around_tool_methods(ctx: StageContext) -> list[Callable[[ToolCall, ToolProceed], Any]]:
-    """The ``around_tool`` methods of the run's hooks, in hook order."""
-    methods: list[Callable[[ToolCall, ToolProceed], Any]] = []
-    for hook in ctx._run.hooks:
-        method = getattr(type(hook), "around_tool", None)
-        if method is None or method is _NO_AROUND_TOOL:
-            continue
-        methods.append(cast("ToolHook", hook).around_tool)
-    return methods
-
-
-def _link(around: Callable[[ToolCall, ToolProceed], Any], inner: ToolProceed) -> ToolProceed:
-    async def step(call: ToolCall) -> ToolOutput:
-        return cast("ToolOutput", await around(call, inner))
-
-    return step
+_NO_AROUND_TOOL = RunHook.around_tool

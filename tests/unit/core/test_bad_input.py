@@ -40,7 +40,7 @@ from stageflow_otel.core import (
     TimeoutInterceptor,
     stage_fn,
 )
-from stageflow_otel.core.interceptors import CallNext
+from stageflow_otel.core.seams import CallNext
 from stageflow_otel.tools import (
     ApprovalService,
     ToolDefinitionError,

@@ -756,7 +756,7 @@ class CleanupHook(RunHook):
     async def around_run(
         self, run: RunCall, proceed: Callable[[], Awaitable[PipelineResults]]
     ) -> PipelineResults:
-        run.state.cleanup.register(lambda: self.log.append("cleanup"), name="log")
+        run.progress.cleanup.register(lambda: self.log.append("cleanup"), name="log")
         return await proceed()
 
 

@@ -327,7 +327,7 @@ async def test_the_tracker_records_the_tree_of_runs() -> None:
     first = results.data("spawn")["first"]
     second = results.data("spawn")["second"]
     grandchild = child_result(first.results)
-    tracker = capture.calls[0].state.children_tracker
+    tracker = capture.calls[0].progress.children
     assert isinstance(tracker, ChildRunTracker)
     assert tracker.get_children(top_id) == [first.child_run_id, second.child_run_id]
     assert tracker.get_children(first.child_run_id) == [grandchild.child_run_id]
@@ -369,7 +369,7 @@ async def test_concurrent_children_are_counted() -> None:
         .with_stage("b", spawning(child, data={"n": 1}))
     )
     await run(parent.build(hooks=[capture]))
-    tracker = capture.calls[0].state.children_tracker
+    tracker = capture.calls[0].progress.children
     assert isinstance(tracker, ChildRunTracker)
     stats = tracker.statistics()
     assert stats.max_concurrent == 2

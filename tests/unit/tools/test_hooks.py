@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from stageflow_otel import CollectingEventSink, RunHook, StageCall, StageContext, StageOutput
-from stageflow_otel.core.interceptors import CallNext
+from stageflow_otel.core.seams import CallNext
 from stageflow_otel.tools import (
     ToolCall,
     ToolError,

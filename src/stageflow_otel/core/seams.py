@@ -1,32 +1,39 @@
-"""Interceptors and run hooks: the onion around every stage and every run.
+"""The engine's seams: where interceptors and run hooks plug in, and what they are given.
 
 An :class:`Interceptor` wraps one stage execution: it receives a :class:`StageCall` and a
 ``call_next`` to await, and returns the :class:`StageOutput`. Interceptors compose in list
 order, the first one outermost, so what an interceptor does around ``await call_next(call)``
 really encloses everything inside it (retries, timeouts, the stage itself).
 
-A :class:`RunHook` is for observers that need to enclose a whole run and each stage of it
-(tracing, metrics, logs): ``around_run`` wraps the run, ``around_stage`` wraps each stage outside
-all interceptors, ``around_interceptor`` wraps each interceptor's own work, and ``on_event``
-sees every event. Hooks see every
-outcome, including cancellation, which they must let through.
+A :class:`RunHook` is for observers that need to enclose a run and each part of it (tracing,
+metrics, logs): ``around_run`` wraps the run, ``around_stage`` each stage outside all
+interceptors, ``around_interceptor`` each interceptor's own work, ``around_subpipeline`` each
+child run, ``around_tool`` each tool call, and ``on_event`` sees every event. Hooks see every
+outcome, cancellation included, which they must let through, and see a run through a
+read-only :class:`RunProgress`, never the executor's own state.
+
+Every onion here (interceptors, each kind of hook) is built by one helper, :func:`compose`.
+The typed call objects are :class:`StageCall`, :class:`RunCall`, :class:`SubpipelineCall` and
+:class:`ToolCall`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from .errors import InterceptorError, StageCancellationRequested
 from .model import StageKind, StageOutput
 
 if TYPE_CHECKING:
+    from .cancellation import CleanupRegistry
     from .context import RunIdentity, StageContext
     from .events import Event
     from .executor import PipelineResults, RunState
     from .pipeline import StageSpec
-    from .subpipeline import SubpipelineCall
+    from .subpipeline import ChildRunTracker
 
 __all__ = (
     "BaseInterceptor",
@@ -35,8 +42,41 @@ __all__ = (
     "InterceptorChain",
     "RunCall",
     "RunHook",
+    "RunProgress",
     "StageCall",
+    "SubpipelineCall",
+    "ToolCall",
+    "compose",
 )
+
+C = TypeVar("C")
+R = TypeVar("R")
+
+
+def compose(
+    layers: Sequence[Callable[[C, Callable[[C], Awaitable[R]]], Awaitable[R]]],
+    innermost: Callable[[C], Awaitable[R]],
+) -> Callable[[C], Awaitable[R]]:
+    """Build an onion: ``layers[0]`` outermost, ``innermost`` at the centre.
+
+    Each layer is called with the call object and the rest of the onion to await
+    (``layer(call, proceed)``), so what a layer does around ``await proceed(call)`` encloses
+    everything inside it. With no layers, ``innermost`` itself is returned.
+    """
+    entry = innermost
+    for layer in reversed(layers):
+        entry = _bind(layer, entry)
+    return entry
+
+
+def _bind(
+    layer: Callable[[C, Callable[[C], Awaitable[R]]], Awaitable[R]],
+    inner: Callable[[C], Awaitable[R]],
+) -> Callable[[C], Awaitable[R]]:
+    async def step(call: C) -> R:
+        return await layer(call, inner)
+
+    return step
 
 
 class StageCall:
@@ -128,6 +168,95 @@ class BaseInterceptor:
         return await call_next(call)
 
 
+class RunProgress:
+    """A run's progress as hooks see it: read-only, live views of the executor's state.
+
+    Attributes:
+        outputs: The outputs of the stages done so far, by name, in completion order (a live,
+            read-only mapping).
+        attempts: Attempts of the stages that took more than one (live, read-only).
+        hooks: The run's hooks, in order.
+        cleanup: The run's cleanup registry: what is registered runs when the run ends.
+    """
+
+    __slots__ = ("_state", "attempts", "cleanup", "hooks", "outputs")
+
+    def __init__(self, state: RunState) -> None:
+        self._state = state
+        self.outputs: Mapping[str, StageOutput] = MappingProxyType(state.outputs)
+        self.attempts: Mapping[str, int] = MappingProxyType(state.attempts)
+        self.hooks: tuple[RunHook, ...] = state.hooks
+        self.cleanup: CleanupRegistry = state.cleanup
+
+    @property
+    def children(self) -> ChildRunTracker | None:
+        """The tracker of the child runs spawned from this run's tree, once one was spawned."""
+        tracker: ChildRunTracker | None = self._state.children_tracker
+        return tracker
+
+    def __repr__(self) -> str:
+        return f"RunProgress({self._state.name!r}, outputs={len(self.outputs)})"
+
+
+@dataclass(frozen=True, slots=True)
+class SubpipelineCall:
+    """One subpipeline spawn, as ``RunHook.around_subpipeline`` sees it.
+
+    Attributes:
+        pipeline: The child pipeline's name.
+        parent_pipeline: The spawning run's pipeline.
+        parent_run_id: The spawning run's id.
+        parent_stage: The stage that spawned the child.
+        child_run_id: The child run's id.
+        correlation_id: The id tying the child to what spawned it.
+        depth: The child's subpipeline depth (1 for a child of a top-level run).
+        context: The spawning stage's context.
+    """
+
+    pipeline: str
+    parent_pipeline: str
+    parent_run_id: str
+    parent_stage: str
+    child_run_id: str
+    correlation_id: str
+    depth: int
+    context: StageContext = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool call as run hooks see it (``around_tool(call, proceed)``).
+
+    Attributes:
+        tool: The tool name.
+        call_id: The LLM's tool call id, if any.
+        action_id: Unique id of this call.
+        action_type: The tool's action type (``None`` when no such tool is registered).
+        arguments: The call's arguments (user data: record only when opted in).
+        behavior: The behaviour the call runs under.
+        stage: The stage that made the call.
+        pipeline: The pipeline of that stage.
+        run_id: The run id.
+        context: The stage's context.
+    """
+
+    tool: str
+    call_id: str | None
+    action_id: str
+    action_type: str | None
+    arguments: Mapping[str, Any] = field(repr=False)
+    behavior: str | None
+    stage: str
+    pipeline: str
+    run_id: str
+    context: StageContext = field(repr=False, compare=False)
+
+    @property
+    def tool_name(self) -> str:
+        """Alias of :attr:`tool` (the name stageflow-core's events used)."""
+        return self.tool
+
+
 @dataclass(frozen=True, slots=True)
 class RunCall:
     """One pipeline run as run hooks see it.
@@ -143,7 +272,7 @@ class RunCall:
         correlation_id: For a subpipeline run, the id tying it to what spawned it.
         traceparent: A W3C ``traceparent`` the run should join, if given.
         entry_point: True when the run is the process's main unit of work (the CLI).
-        state: The live run state (outputs so far).
+        progress: The run as it goes (outputs so far, cleanups, child runs), read-only.
     """
 
     pipeline: str
@@ -156,7 +285,7 @@ class RunCall:
     correlation_id: str | None
     traceparent: str | None
     entry_point: bool
-    state: RunState
+    progress: RunProgress
 
     @property
     def run_id(self) -> str:
@@ -198,6 +327,17 @@ class RunHook:
     ) -> PipelineResults:
         """Wrap a child run spawned by a stage; ``proceed()`` runs it (with its own hooks)."""
         return await proceed()
+
+    async def around_tool(
+        self, call: ToolCall, proceed: Callable[[ToolCall], Awaitable[Any]]
+    ) -> Any:
+        """Wrap one tool call made through a ``ToolExecutor``; ``proceed(call)`` makes it.
+
+        ``proceed`` (``stageflow_otel.tools.ToolProceed``) returns a successful ``ToolOutput``
+        or raises the call's ``ToolError``; the hook returns what it returned and lets every
+        exception propagate.
+        """
+        return await proceed(call)
 
     def on_event(self, event: Event) -> None:
         """See every event of the run before its sinks do; may set its trace context.
@@ -256,9 +396,7 @@ def _link(
     async def own_work(call: StageCall) -> StageOutput:
         return await interceptor.intercept(call, call_next)
 
-    work: CallNext = own_work
-    for wrapper in reversed(wrappers):
-        work = _wrap(wrapper, interceptor, work)
+    work = compose([_wrapper_layer(wrapper, interceptor) for wrapper in wrappers], own_work)
 
     async def step(call: StageCall) -> StageOutput:
         try:
@@ -282,8 +420,43 @@ def _link(
     return step
 
 
-def _wrap(wrapper: InterceptorWrapper, interceptor: Interceptor, inner: CallNext) -> CallNext:
-    async def wrapped(call: StageCall) -> StageOutput:
+def _wrapper_layer(
+    wrapper: InterceptorWrapper, interceptor: Interceptor
+) -> Callable[[StageCall, CallNext], Awaitable[StageOutput]]:
+    """An ``around_interceptor`` wrapper as a layer of :func:`compose`."""
+
+    async def layer(call: StageCall, inner: CallNext) -> StageOutput:
         return await wrapper(interceptor, call, inner)
 
-    return wrapped
+    return layer
+
+
+RunLayer = Callable[
+    [RunCall, Callable[[RunCall], Awaitable["PipelineResults"]]], Awaitable["PipelineResults"]
+]
+SubpipelineLayer = Callable[
+    [SubpipelineCall, Callable[[SubpipelineCall], Awaitable["PipelineResults"]]],
+    Awaitable["PipelineResults"],
+]
+
+
+def around_each_run(hook: RunHook) -> RunLayer:
+    """A hook's ``around_run`` (whose ``proceed`` takes no argument) as a layer of :func:`compose`."""
+    return _no_argument_layer(hook.around_run)
+
+
+def around_each_subpipeline(hook: RunHook) -> SubpipelineLayer:
+    """A hook's ``around_subpipeline`` as a layer of :func:`compose`."""
+    return _no_argument_layer(hook.around_subpipeline)
+
+
+def _no_argument_layer(
+    around: Callable[[C, Callable[[], Awaitable[R]]], Awaitable[R]],
+) -> Callable[[C, Callable[[C], Awaitable[R]]], Awaitable[R]]:
+    async def layer(call: C, inner: Callable[[C], Awaitable[R]]) -> R:
+        async def proceed() -> R:
+            return await inner(call)
+
+        return await around(call, proceed)
+
+    return layer
