@@ -16,6 +16,7 @@ from .logging import configure_logging as configure_logging
 from .metrics import MetricsServer as MetricsServer
 from .metrics import StageflowMetrics as StageflowMetrics
 from .metrics import serve_metrics as serve_metrics
+from .recorders import Recorder as Recorder
 from .sinks import OtelLogEventSink as OtelLogEventSink
 from .sinks import SpanEventSink as SpanEventSink
 from .telemetry import Telemetry as Telemetry
@@ -23,6 +24,7 @@ from .telemetry import Telemetry as Telemetry
 __all__ = (
     "MetricsServer",
     "OtelLogEventSink",
+    "Recorder",
     "Redactor",
     "SpanEventSink",
     "StageflowInstrumentor",

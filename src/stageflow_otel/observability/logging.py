@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import structlog
 from opentelemetry import trace
 
-from ._context import current_run, current_stage, hex_ids
+from .records import current_run, current_stage, hex_ids
 
 __all__ = (
     "CANONICAL_LOGGER_NAME",

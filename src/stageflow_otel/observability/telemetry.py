@@ -15,9 +15,9 @@ from stageflow_otel.core.seams import RunHook
 from .config import METRICS_PORT, EventSelection, Settings
 from .hook import Redactor, TelemetryHook
 from .metrics import MetricsServeError, MetricsServer, StageflowMetrics, serve_metrics
+from .recorders import Recorder
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import MeterProvider
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import LogRecordExporter
 
@@ -36,8 +36,6 @@ class Telemetry:
 
     Args:
         tracer_provider: Where spans go; the global provider by default.
-        meter_provider: Accepted for symmetry with OpenTelemetry instrumentors; metrics are
-            Prometheus metrics in ``registry`` (exemplars included), never both paths.
         logger_provider: When given, lifecycle events become OpenTelemetry log records emitted
             through it, behind a backpressure queue.
         registry: The ``CollectorRegistry`` for the metrics; a new private one by default
@@ -62,6 +60,9 @@ class Telemetry:
             With none selected no event sink is made.
         exit_timeout: Seconds queued events may take to export at interpreter exit (default
             from ``STAGEFLOW_OTEL_EXIT_TIMEOUT``, else 5).
+        recorders: More :class:`~stageflow_otel.observability.recorders.Recorder` objects,
+            told of every run, stage, interceptor, subpipeline and tool call after the built-in
+            ones.
         sink_options: Keyword arguments for the event export queue
             (``max_queue_size``, ``policy``, ...).
 
@@ -75,10 +76,9 @@ class Telemetry:
     def __init__(
         self,
         tracer_provider: trace.TracerProvider | None = None,
-        meter_provider: MeterProvider | None = None,
+        *,
         logger_provider: LoggerProvider | None = None,
         registry: CollectorRegistry | None = None,
-        *,
         interceptor_spans: bool | None = None,
         canonical_logs: bool | None = None,
         metrics: bool = True,
@@ -90,6 +90,7 @@ class Telemetry:
         extra_error_types: Iterable[str] = (),
         events: str | Iterable[str] | EventSelection | None = None,
         exit_timeout: float | None = None,
+        recorders: Iterable[Recorder] = (),
         sink_options: dict[str, Any] | None = None,
     ) -> None:
         _check_arguments(
@@ -108,7 +109,6 @@ class Telemetry:
         self.events = selection
         self.settings = settings
         self.tracer_provider = tracer_provider
-        self.meter_provider = meter_provider
         self.tracer = trace.get_tracer(TRACER_NAME, package_version(), tracer_provider)
         self.metrics: StageflowMetrics | None = (
             StageflowMetrics(
@@ -132,6 +132,7 @@ class Telemetry:
             record_output_keys=record_output_keys,
             record_tool_payloads=record_tool_payloads,
             redact=redact,
+            recorders=tuple(recorders),
         )
         self.event_sink: EventSink | None = None
         self._servers: list[MetricsServer] = []

@@ -11,7 +11,7 @@ import structlog
 
 from stageflow_otel import Pipeline, StageContext, StageOutput
 from stageflow_otel.observability import add_stageflow_context
-from stageflow_otel.observability._context import current_run, current_stage
+from stageflow_otel.observability.records import current_run, current_stage
 from stageflow_otel.testing import InMemoryTelemetry
 
 from .support import HANG, hanging_stage, hex_ids, ok_stage, raising_stage, run_graph
