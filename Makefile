@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+DOCS_DIR ?= site
 
-.PHONY: install demo test lint typecheck pytest components dashboards bench bench-engine bench-peers clean
+.PHONY: install demo test lint typecheck docs pytest components dashboards bench bench-engine bench-peers clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,11 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
+# The guides and an API reference generated from the docstrings (mkdocs.yml), built offline.
+# Strict: a broken link or cross-reference, or a docstring that cannot be parsed, fails it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(DOCS_DIR)
+
 # Real components the tests talk to: Debian packages, and Go-built binaries cached outside git.
 components:
 	@if [ -x scripts/ensure-system-deps.sh ]; then scripts/ensure-system-deps.sh; fi
@@ -38,7 +44,7 @@ dashboards: install
 pytest: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test: lint typecheck components pytest
+test: lint typecheck docs components pytest
 
 # What observing a stage costs (the table of docs/telemetry.md); the engine alone; against peers.
 bench: install
@@ -51,4 +57,4 @@ bench-peers: install
 	$(PY) benchmarks/peers.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(DOCS_DIR) .mypy_cache .ruff_cache .pytest_cache .hypothesis
