@@ -1,7 +1,7 @@
 """The order pipeline of ``stageflow-otel demo``, as an example to read, run and change.
 
-The pipeline itself ships inside the package (``stageflow_otel.cli._example``) so that the
-demo works from an installed wheel; this module re-exports it. Run it with telemetry::
+The pipeline itself ships inside the package (``stageflow_otel.demo``) so that the demo works
+from an installed wheel; this module re-exports it. Run it with telemetry::
 
     stageflow-otel run examples.order_pipeline:pipeline --data '{"order_id": "ord-7"}'
     stageflow-otel graph examples.order_pipeline:pipeline --format mermaid
@@ -14,7 +14,7 @@ from __future__ import annotations
 import anyio
 
 from stageflow_otel import Pipeline
-from stageflow_otel.cli._example import (
+from stageflow_otel.demo import (
     build_order_pipeline,
     build_payment_pipeline,
     order_input,

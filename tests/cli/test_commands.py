@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stageflow_otel.cli._example import PIPELINE_NAME, build_order_pipeline
+from stageflow_otel.demo import PIPELINE_NAME, build_order_pipeline
 from tests.cli.support import run_cli, stderr_lines
 
 USER_PIPELINES = """

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from stageflow_otel.cli._example import (
+from stageflow_otel.demo import (
     PAYMENT_PIPELINE_NAME,
     PIPELINE_NAME,
     build_order_pipeline,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stageflow_otel.cli._example import PIPELINE_NAME, example_stage_names
+from stageflow_otel.demo import PIPELINE_NAME, example_stage_names
 from tests.cli.support import run_cli
 from tests.support.servers import (
     CollectorServer,

@@ -17,11 +17,6 @@ from rich.console import Console
 from stageflow_otel import Pipeline, StageOutput
 from stageflow_otel.cli import main
 from stageflow_otel.cli._errors import CommandFailed, UsageError
-from stageflow_otel.cli._example import (
-    build_order_pipeline,
-    example_stage_names,
-    order_input,
-)
 from stageflow_otel.cli._loader import as_graph, as_pipeline, load_data, load_target
 from stageflow_otel.cli._render import (
     BoardSink,
@@ -41,6 +36,11 @@ from stageflow_otel.cli._tracefile import (
     write_trace_file,
 )
 from stageflow_otel.core import CollectingEventSink, FanOutEventSink, RunIdentity
+from stageflow_otel.demo import (
+    build_order_pipeline,
+    example_stage_names,
+    order_input,
+)
 from stageflow_otel.testing import InMemoryTelemetry, in_memory_telemetry
 
 
@@ -108,7 +108,7 @@ async def test_international_orders_file_a_customs_declaration() -> None:
 def test_the_example_and_its_re_export_import_no_telemetry_library() -> None:
     code = (
         "import json, sys\n"
-        "import stageflow_otel.cli._example, examples.order_pipeline\n"
+        "import stageflow_otel.demo, examples.order_pipeline\n"
         "names = ('opentelemetry', 'prometheus_client', 'structlog', 'rich')\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(names))))\n"
     )
@@ -424,7 +424,7 @@ def test_main_returns_2_for_bad_arguments(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_the_example_documents_its_stages_truthfully() -> None:
-    from stageflow_otel.cli import _example
+    from stageflow_otel import demo as _example
 
     doc = _example.__doc__ or ""
     table = doc.split("depends on\n", 1)[1].split("\n\n", 1)[0]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stageflow_otel.cli._example import example_stage_names
+from stageflow_otel.demo import example_stage_names
 from tests.cli.support import run_cli
 from tests.support.servers import in_ci
 

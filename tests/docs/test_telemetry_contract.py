@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from stageflow_otel.cli._example import build_order_pipeline, order_input
 from stageflow_otel.core import CollectingEventSink, RunIdentity
+from stageflow_otel.demo import build_order_pipeline, order_input
 from stageflow_otel.observability.metrics import StageflowMetrics
 from stageflow_otel.testing import InMemoryTelemetry, in_memory_telemetry
 from tests.support.contract import (

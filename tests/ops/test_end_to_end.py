@@ -57,7 +57,7 @@ DASHBOARD_TIMEOUT = 90.0  # the first scrape takes ~6 s, and rates need two samp
 DEMO_JOB = "stageflow-demo"
 FAILING_JOB = "stageflow-failing"
 
-DEMO_PIPELINE = "order_fulfilment"  # examples.order_pipeline / stageflow_otel.cli._example
+DEMO_PIPELINE = "order_fulfilment"  # examples.order_pipeline / stageflow_otel.demo
 PAYMENT_PIPELINE = "payment"
 RETRIED_STAGE = "quote_shipping"
 TOOL_STAGE, TOOL = "reserve_stock", "reserve_inventory"

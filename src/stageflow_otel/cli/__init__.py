@@ -265,8 +265,8 @@ def _options(args: argparse.Namespace, *, command: str, service: str) -> Session
 
 def _demo(args: argparse.Namespace) -> int:
     from stageflow_otel.core import RunIdentity
+    from stageflow_otel.demo import build_order_pipeline, order_input
 
-    from ._example import build_order_pipeline, order_input
     from ._session import configure_cli_logging, run_session
 
     options = _options(args, command="demo", service="stageflow-otel-demo")
@@ -300,7 +300,7 @@ def _graph(args: argparse.Namespace) -> int:
     from ._loader import as_graph, as_pipeline, load_target
 
     if args.target is None:
-        from ._example import build_order_pipeline
+        from stageflow_otel.demo import build_order_pipeline
 
         target: Pipeline | StageGraph = build_order_pipeline()
     else:

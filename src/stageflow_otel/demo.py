@@ -1,6 +1,7 @@
 """The example pipeline of ``stageflow-otel demo``: processing an order.
 
-It ships inside the package so that the demo works from an installed wheel; ``examples/``
+A public module so that the demo works from an installed wheel and you can run, draw and
+change it: ``stageflow-otel run stageflow_otel.demo:build_order_pipeline``; ``examples/``
 re-exports it. It uses the engine and the tools only, never a telemetry library. Its stages
 (``stageflow-otel graph`` draws them)::
 
