@@ -40,6 +40,7 @@ from .calls import UnresolvedToolCall as UnresolvedToolCall
 from .definitions import ToolDefinition as ToolDefinition
 from .definitions import ToolHandler as ToolHandler
 from .definitions import ToolInput as ToolInput
+from .definitions import ToolOptions as ToolOptions
 from .definitions import ToolOutput as ToolOutput
 from .definitions import ToolReturn as ToolReturn
 from .definitions import UndoHandler as UndoHandler
@@ -91,6 +92,7 @@ __all__ = (
     "ToolInput",
     "ToolInputValidationError",
     "ToolNotFoundError",
+    "ToolOptions",
     "ToolOutput",
     "ToolProceed",
     "ToolRegistry",

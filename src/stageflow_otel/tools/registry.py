@@ -8,13 +8,13 @@ the tool calls of a model's reply to its tools (the parsing lives in :mod:`.call
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, overload
+from collections.abc import Callable, Iterable
+from typing import Any, Unpack, overload
 
 from stageflow_otel.core._checks import sequence_of
 
 from .calls import ParsedToolCalls, resolve_tool_calls
-from .definitions import ToolDefinition, ToolHandler, UndoHandler, define_tool
+from .definitions import ToolDefinition, ToolHandler, ToolOptions, define_tool
 from .errors import ToolDefinitionError, ToolNotFoundError
 
 __all__ = ("ToolFactory", "ToolRegistry")
@@ -123,58 +123,19 @@ class ToolRegistry:
     def tool(self, handler: ToolHandler, /) -> ToolDefinition: ...
     @overload
     def tool(
-        self,
-        /,
-        *,
-        name: str | None = None,
-        action_type: str | None = None,
-        description: str | None = None,
-        input_schema: Mapping[str, Any] | None = None,
-        allowed_behaviors: Iterable[str] = (),
-        requires_approval: bool = False,
-        approval_message: str | None = None,
-        undoable: bool = False,
-        undo_handler: UndoHandler | None = None,
-        artifact_type: str | None = None,
+        self, /, **options: Unpack[ToolOptions]
     ) -> Callable[[ToolHandler], ToolDefinition]: ...
     def tool(
-        self,
-        handler: ToolHandler | None = None,
-        /,
-        *,
-        name: str | None = None,
-        action_type: str | None = None,
-        description: str | None = None,
-        input_schema: Mapping[str, Any] | None = None,
-        allowed_behaviors: Iterable[str] = (),
-        requires_approval: bool = False,
-        approval_message: str | None = None,
-        undoable: bool = False,
-        undo_handler: UndoHandler | None = None,
-        artifact_type: str | None = None,
+        self, handler: ToolHandler | None = None, /, **options: Unpack[ToolOptions]
     ) -> ToolDefinition | Callable[[ToolHandler], ToolDefinition]:
         """Decorator: define a tool from a function and register it.
 
-        Takes the same options as :func:`stageflow_otel.tools.tool`; the decorated name is
-        bound to the :class:`ToolDefinition`.
+        Takes the same options as :func:`stageflow_otel.tools.tool` (:class:`ToolOptions`);
+        the decorated name is bound to the :class:`ToolDefinition`.
         """
 
         def decorate(fn: ToolHandler) -> ToolDefinition:
-            return self.register(
-                define_tool(
-                    fn,
-                    name=name,
-                    action_type=action_type,
-                    description=description,
-                    input_schema=input_schema,
-                    allowed_behaviors=allowed_behaviors,
-                    requires_approval=requires_approval,
-                    approval_message=approval_message,
-                    undoable=undoable,
-                    undo_handler=undo_handler,
-                    artifact_type=artifact_type,
-                )
-            )
+            return self.register(define_tool(fn, **options))
 
         return decorate(handler) if handler is not None else decorate
 
