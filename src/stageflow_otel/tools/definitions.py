@@ -33,7 +33,7 @@ from jsonschema.protocols import Validator
 
 from stageflow_otel.core._checks import describe, is_async_callable
 from stageflow_otel.core.errors import format_names
-from stageflow_otel.core.model import StageArtifact
+from stageflow_otel.core.model import StageArtifact, utc_now
 
 from .errors import SchemaViolation, ToolDefinitionError
 
@@ -58,10 +58,6 @@ __all__ = (
 def new_action_id() -> str:
     """Return a fresh action id (a UUID4 string)."""
     return str(uuid.uuid4())
-
-
-def _utc_now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.UTC)
 
 
 _EMPTY: Mapping[str, Any] = {}
@@ -213,7 +209,7 @@ class UndoMetadata:
     action_id: str
     tool_name: str
     undo_data: Mapping[str, Any] = field(default_factory=dict)
-    created_at: _dt.datetime = field(default_factory=_utc_now)
+    created_at: _dt.datetime = field(default_factory=utc_now)
     pipeline_run_id: str | None = None
     call_id: str | None = None
 
