@@ -73,12 +73,8 @@ class ToolRegistry:
             )
         with self._lock:
             name = definition.name
-            if not replace and (name in self._tools or name in self._factories):
-                raise ToolDefinitionError(
-                    f"a tool named {name!r} is already registered; pick another name or pass "
-                    "replace=True",
-                    tool=name,
-                )
+            if not replace:
+                self._check_name_free(name)
             self._check_action_type(name, definition.action_type)
             self._remove(name)
             self._tools[name] = definition
@@ -108,12 +104,8 @@ class ToolRegistry:
         if not callable(factory):
             raise ToolDefinitionError(f"factory for tool {name!r} is not callable", tool=name)
         with self._lock:
-            if not replace and (name in self._tools or name in self._factories):
-                raise ToolDefinitionError(
-                    f"a tool named {name!r} is already registered; pick another name or pass "
-                    "replace=True",
-                    tool=name,
-                )
+            if not replace:
+                self._check_name_free(name)
             if action_type is not None:
                 self._check_action_type(name, action_type)
             self._remove(name)
@@ -151,6 +143,14 @@ class ToolRegistry:
         if old is not None and self._by_action_type.get(old.action_type) == name:
             del self._by_action_type[old.action_type]
         self._factories.pop(name, None)
+
+    def _check_name_free(self, name: str) -> None:
+        if name in self:
+            raise ToolDefinitionError(
+                f"a tool named {name!r} is already registered; pick another name or pass "
+                "replace=True",
+                tool=name,
+            )
 
     def _check_action_type(self, name: str, action_type: str) -> None:
         owner = self._by_action_type.get(action_type)

@@ -60,6 +60,28 @@ def test_duplicates_are_refused_unless_replacing() -> None:
         registry.register(fetch.handler)  # type: ignore[arg-type]
 
 
+def test_a_taken_name_is_refused_the_same_way_for_tools_and_factories() -> None:
+    registry = ToolRegistry([search])
+    registry.register_factory("fetch", lambda: fetch)
+    taken = (
+        lambda: registry.register(search),
+        lambda: registry.register(fetch),
+        lambda: registry.register_factory("search", lambda: search),
+        lambda: registry.register_factory("fetch", lambda: fetch),
+    )
+    messages = []
+    for attempt in taken:
+        with pytest.raises(ToolDefinitionError) as info:
+            attempt()
+        messages.append(str(info.value))
+    assert messages == [
+        f"a tool named {name!r} is already registered; pick another name or pass replace=True"
+        for name in ("search", "fetch", "search", "fetch")
+    ]
+    registry.register_factory("search", lambda: search, replace=True)
+    assert registry.names() == ("fetch", "search")
+
+
 def test_decorator_registers() -> None:
     registry = ToolRegistry()
 
