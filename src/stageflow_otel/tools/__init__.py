@@ -33,9 +33,14 @@ from .approval import ApprovalRequest as ApprovalRequest
 from .approval import ApprovalService as ApprovalService
 from .approval import ApprovalStatistics as ApprovalStatistics
 from .approval import ApprovalStatus as ApprovalStatus
+from .calls import ParsedToolCalls as ParsedToolCalls
+from .calls import ResolvedToolCall as ResolvedToolCall
+from .calls import UnresolvedReason as UnresolvedReason
+from .calls import UnresolvedToolCall as UnresolvedToolCall
 from .definitions import ToolDefinition as ToolDefinition
 from .definitions import ToolHandler as ToolHandler
 from .definitions import ToolInput as ToolInput
+from .definitions import ToolOptions as ToolOptions
 from .definitions import ToolOutput as ToolOutput
 from .definitions import ToolReturn as ToolReturn
 from .definitions import UndoHandler as UndoHandler
@@ -57,12 +62,8 @@ from .errors import ToolNotFoundError as ToolNotFoundError
 from .errors import ToolUndoError as ToolUndoError
 from .executor import ToolExecutor as ToolExecutor
 from .executor import ToolProceed as ToolProceed
-from .registry import ParsedToolCalls as ParsedToolCalls
-from .registry import ResolvedToolCall as ResolvedToolCall
 from .registry import ToolFactory as ToolFactory
 from .registry import ToolRegistry as ToolRegistry
-from .registry import UnresolvedReason as UnresolvedReason
-from .registry import UnresolvedToolCall as UnresolvedToolCall
 from .undo import UndoStatistics as UndoStatistics
 from .undo import UndoStore as UndoStore
 
@@ -91,6 +92,7 @@ __all__ = (
     "ToolInput",
     "ToolInputValidationError",
     "ToolNotFoundError",
+    "ToolOptions",
     "ToolOutput",
     "ToolProceed",
     "ToolRegistry",

@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 
 from stageflow_otel.core._checks import check_callable, check_count, check_seconds
+from stageflow_otel.core.model import utc_now
 
 from .errors import (
     ApprovalAlreadyDecidedError,
@@ -40,10 +41,6 @@ __all__ = (
 )
 
 logger = logging.getLogger("stageflow_otel.tools")
-
-
-def _utc_now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.UTC)
 
 
 class ApprovalStatus(StrEnum):
@@ -83,7 +80,7 @@ class ApprovalRequest:
     pipeline_run_id: str | None = None
     stage: str | None = None
     status: ApprovalStatus = ApprovalStatus.PENDING
-    created_at: _dt.datetime = field(default_factory=_utc_now)
+    created_at: _dt.datetime = field(default_factory=utc_now)
     decided_at: _dt.datetime | None = None
     decided_by: str | None = None
     reason: str | None = None
@@ -110,7 +107,7 @@ class ApprovalDecision:
     status: ApprovalStatus
     decided_by: str | None = None
     reason: str | None = None
-    decided_at: _dt.datetime = field(default_factory=_utc_now)
+    decided_at: _dt.datetime = field(default_factory=utc_now)
 
     @property
     def granted(self) -> bool:
@@ -249,15 +246,7 @@ class ApprovalService:
                 await entry.event.wait()
             if entry.request.is_pending:
                 entry.expired_after = wait
-                self._settle(
-                    entry,
-                    replace(
-                        entry.request,
-                        status=ApprovalStatus.EXPIRED,
-                        decided_at=_utc_now(),
-                        reason="approval_timeout",
-                    ),
-                )
+                self._settle(entry, ApprovalStatus.EXPIRED, reason="approval_timeout")
         request = entry.request
         if request.status is ApprovalStatus.EXPIRED:
             raise ToolApprovalTimeoutError(
@@ -272,7 +261,7 @@ class ApprovalService:
             request.status,
             request.decided_by,
             request.reason,
-            request.decided_at or _utc_now(),
+            request.decided_at or utc_now(),
         )
 
     def record_decision(
@@ -312,13 +301,10 @@ class ApprovalService:
         )
         self._settle(
             entry,
-            replace(
-                entry.request,
-                status=decision.status,
-                decided_at=decision.decided_at,
-                decided_by=decided_by,
-                reason=reason,
-            ),
+            decision.status,
+            reason=reason,
+            decided_by=decided_by,
+            decided_at=decision.decided_at,
         )
         return decision
 
@@ -331,15 +317,7 @@ class ApprovalService:
         entry = self._entries.get(request_id)
         if entry is None or not entry.request.is_pending:
             return False
-        self._settle(
-            entry,
-            replace(
-                entry.request,
-                status=ApprovalStatus.CANCELLED,
-                decided_at=_utc_now(),
-                reason=reason or "cancelled",
-            ),
-        )
+        self._settle(entry, ApprovalStatus.CANCELLED, reason=reason or "cancelled")
         return True
 
     def get(self, request_id: str) -> ApprovalRequest | None:
@@ -378,7 +356,23 @@ class ApprovalService:
             cancelled=counts[ApprovalStatus.CANCELLED],
         )
 
-    def _settle(self, entry: _Entry, request: ApprovalRequest) -> None:
+    def _settle(
+        self,
+        entry: _Entry,
+        status: ApprovalStatus,
+        *,
+        reason: str | None,
+        decided_by: str | None = None,
+        decided_at: _dt.datetime | None = None,
+    ) -> None:
+        """End a pending request with ``status``, waking its waiters; forget the oldest ones."""
+        request = replace(
+            entry.request,
+            status=status,
+            decided_at=utc_now() if decided_at is None else decided_at,
+            decided_by=decided_by,
+            reason=reason,
+        )
         entry.settle(request)
         settled = self._settled
         settled.append(request.request_id)

@@ -19,19 +19,21 @@ A handler returns a :class:`ToolOutput`, a mapping (a successful output with tha
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import inspect
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast, overload
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack, cast, overload
 
 import anyio.to_thread
 import jsonschema.validators
 from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
 
-from stageflow_otel.core._checks import is_async_callable
-from stageflow_otel.core.model import StageArtifact
+from stageflow_otel.core._checks import describe, is_async_callable
+from stageflow_otel.core.errors import format_names
+from stageflow_otel.core.model import StageArtifact, utc_now
 
 from .errors import SchemaViolation, ToolDefinitionError
 
@@ -42,6 +44,7 @@ __all__ = (
     "ToolDefinition",
     "ToolHandler",
     "ToolInput",
+    "ToolOptions",
     "ToolOutput",
     "ToolReturn",
     "UndoHandler",
@@ -55,10 +58,6 @@ __all__ = (
 def new_action_id() -> str:
     """Return a fresh action id (a UUID4 string)."""
     return str(uuid.uuid4())
-
-
-def _utc_now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.UTC)
 
 
 _EMPTY: Mapping[str, Any] = {}
@@ -210,7 +209,7 @@ class UndoMetadata:
     action_id: str
     tool_name: str
     undo_data: Mapping[str, Any] = field(default_factory=dict)
-    created_at: _dt.datetime = field(default_factory=_utc_now)
+    created_at: _dt.datetime = field(default_factory=utc_now)
     pipeline_run_id: str | None = None
     call_id: str | None = None
 
@@ -298,8 +297,10 @@ class ToolDefinition:
     """A tool: its handler and the rules around it.
 
     The definition is checked when it is built: ``input_schema`` against its metaschema (the
-    draft its ``$schema`` names, else Draft 2020-12), the handler's signature, and an undo
-    handler for an undoable tool; a problem raises :class:`ToolDefinitionError`.
+    draft its ``$schema`` names, else Draft 2020-12), the handler's signature, an undo handler
+    for an undoable tool, and the type of every option (flags are ``True`` or ``False``,
+    behaviours a list of strings); a problem raises :class:`ToolDefinitionError` naming the
+    tool and the option.
 
     Attributes:
         name: Unique tool name (what an LLM calls; the registry's key).
@@ -341,13 +342,8 @@ class ToolDefinition:
                 f"tool {name!r}: action_type must be a non-empty string, got {self.action_type!r}",
                 tool=name,
             )
-        if isinstance(cast("object", self.allowed_behaviors), str):
-            raise ToolDefinitionError(
-                f"tool {name!r}: allowed_behaviors must be a list of behaviours, got the string "
-                f"{self.allowed_behaviors!r}; write allowed_behaviors=({self.allowed_behaviors!r},)",
-                tool=name,
-            )
-        object.__setattr__(self, "allowed_behaviors", tuple(self.allowed_behaviors))
+        _check_option_types(name, self)
+        object.__setattr__(self, "allowed_behaviors", _behaviors(name, self.allowed_behaviors))
         object.__setattr__(self, "_handler", _Callable.of(name, "handler", self.handler, "input"))
         if self.undoable and self.undo_handler is None:
             raise ToolDefinitionError(
@@ -428,6 +424,45 @@ class ToolDefinition:
         }
 
 
+def _behaviors(tool: str, value: object) -> tuple[str, ...]:
+    """``allowed_behaviors`` as a tuple of strings; anything else is a definition error."""
+    if isinstance(value, str):
+        raise ToolDefinitionError(
+            f"tool {tool!r}: allowed_behaviors must be a list of behaviours, got the string "
+            f"{value!r}; write allowed_behaviors=({value!r},)",
+            tool=tool,
+        )
+    try:
+        behaviors = tuple(cast("Iterable[object]", value))
+    except TypeError:
+        behaviors = None
+    if behaviors is None or not all(isinstance(b, str) for b in behaviors):
+        raise ToolDefinitionError(
+            f"tool {tool!r}: allowed_behaviors must be a list of strings, got {describe(value)}",
+            tool=tool,
+        )
+    return cast("tuple[str, ...]", behaviors)
+
+
+_OPTION_TYPES: tuple[tuple[str, tuple[type, ...], str], ...] = (
+    ("requires_approval", (bool,), "True or False"),
+    ("undoable", (bool,), "True or False"),
+    ("description", (str,), "a string"),
+    ("approval_message", (str, type(None)), "a string or None"),
+    ("artifact_type", (str, type(None)), "a string or None"),
+)
+
+
+def _check_option_types(tool: str, definition: ToolDefinition) -> None:
+    """Flags are booleans and texts are strings: ``undoable="no"`` must not pass for a setting."""
+    for option, types, wanted in _OPTION_TYPES:
+        value = getattr(definition, option)
+        if not isinstance(value, types):
+            raise ToolDefinitionError(
+                f"tool {tool!r}: {option} must be {wanted}, got {describe(value)}", tool=tool
+            )
+
+
 def _make_validator(tool: str, schema: Mapping[str, Any]) -> Validator | None:
     if not isinstance(schema, Mapping):
         raise ToolDefinitionError(
@@ -458,71 +493,93 @@ def _describe(fn: Callable[..., Any]) -> str:
     return doc.split("\n\n", 1)[0].replace("\n", " ").strip()
 
 
-def define_tool(
-    handler: ToolHandler,
-    *,
-    name: str | None = None,
-    action_type: str | None = None,
-    description: str | None = None,
-    input_schema: Mapping[str, Any] | None = None,
-    allowed_behaviors: Iterable[str] = (),
-    requires_approval: bool = False,
-    approval_message: str | None = None,
-    undoable: bool = False,
-    undo_handler: UndoHandler | None = None,
-    artifact_type: str | None = None,
-) -> ToolDefinition:
-    """Build a :class:`ToolDefinition` from a function, with defaults taken from it.
+class ToolOptions(TypedDict, total=False):
+    """The options of a tool, every one optional.
 
-    ``name`` defaults to the function's name, ``action_type`` to the name, and
-    ``description`` to the first paragraph of the docstring.
+    The keyword arguments of :func:`tool`, :meth:`ToolRegistry.tool
+    <stageflow_otel.tools.ToolRegistry.tool>` and :func:`define_tool`; the defaults come from
+    the decorated function where it has something to say.
+
+    Attributes:
+        name: Tool name (default: the function's name).
+        action_type: Action type (default: the name).
+        description: Description (default: the docstring's first paragraph).
+        input_schema: JSON Schema of the arguments (default: ``{}``, any object).
+        allowed_behaviors: Behaviours allowed to use the tool (default: empty, all).
+        requires_approval: Whether calls wait for approval (default: ``False``).
+        approval_message: What an approver is shown (default: ``Approve <name>?``).
+        undoable: Whether calls can be undone (default: ``False``).
+        undo_handler: The undo function (required when ``undoable``).
+        artifact_type: Type for artifacts returned as mappings (default: the tool's name).
     """
-    tool_name = name or getattr(handler, "__name__", None) or ""
+
+    name: str | None
+    action_type: str | None
+    description: str | None
+    input_schema: Mapping[str, Any] | None
+    allowed_behaviors: Iterable[str]
+    requires_approval: bool
+    approval_message: str | None
+    undoable: bool
+    undo_handler: UndoHandler | None
+    artifact_type: str | None
+
+
+_OPTIONS = tuple(sorted(ToolOptions.__optional_keys__))
+
+
+def define_tool(handler: ToolHandler, **options: Unpack[ToolOptions]) -> ToolDefinition:
+    """Build a :class:`ToolDefinition` from a function and :class:`ToolOptions`.
+
+    The one place where options become a definition: :func:`tool` and
+    :meth:`ToolRegistry.tool <stageflow_otel.tools.ToolRegistry.tool>` both come here, so a
+    bad option fails the same way whichever is used.
+
+    Args:
+        handler: The function that does the work.
+        **options: The tool's options; see :class:`ToolOptions` for each and its default.
+
+    Returns:
+        The definition.
+
+    Raises:
+        ToolDefinitionError: For an unknown option or a bad value, naming the tool and the
+            option.
+    """
+    tool_name = options.get("name") or getattr(handler, "__name__", None) or ""
+    unknown = sorted(set(options).difference(_OPTIONS))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], _OPTIONS, n=1)
+        hint = (
+            f"did you mean {close[0]!r}?" if close else f"the options are {format_names(_OPTIONS)}"
+        )
+        raise ToolDefinitionError(
+            f"tool {tool_name!r}: unknown option {unknown[0]!r}; {hint}", tool=tool_name
+        )
+    description = options.get("description")
+    input_schema = options.get("input_schema")
     return ToolDefinition(
         name=tool_name,
-        action_type=action_type or tool_name,
+        action_type=options.get("action_type") or tool_name,
         handler=handler,
         description=_describe(handler) if description is None else description,
         input_schema={} if input_schema is None else input_schema,
-        allowed_behaviors=tuple(allowed_behaviors),
-        requires_approval=requires_approval,
-        approval_message=approval_message,
-        undoable=undoable,
-        undo_handler=undo_handler,
-        artifact_type=artifact_type,
+        # Any iterable: the definition checks it and makes it a tuple.
+        allowed_behaviors=cast("tuple[str, ...]", options.get("allowed_behaviors", ())),
+        requires_approval=options.get("requires_approval", False),
+        approval_message=options.get("approval_message"),
+        undoable=options.get("undoable", False),
+        undo_handler=options.get("undo_handler"),
+        artifact_type=options.get("artifact_type"),
     )
 
 
 @overload
 def tool(handler: ToolHandler, /) -> ToolDefinition: ...
 @overload
+def tool(**options: Unpack[ToolOptions]) -> Callable[[ToolHandler], ToolDefinition]: ...
 def tool(
-    *,
-    name: str | None = None,
-    action_type: str | None = None,
-    description: str | None = None,
-    input_schema: Mapping[str, Any] | None = None,
-    allowed_behaviors: Iterable[str] = (),
-    requires_approval: bool = False,
-    approval_message: str | None = None,
-    undoable: bool = False,
-    undo_handler: UndoHandler | None = None,
-    artifact_type: str | None = None,
-) -> Callable[[ToolHandler], ToolDefinition]: ...
-def tool(
-    handler: ToolHandler | None = None,
-    /,
-    *,
-    name: str | None = None,
-    action_type: str | None = None,
-    description: str | None = None,
-    input_schema: Mapping[str, Any] | None = None,
-    allowed_behaviors: Iterable[str] = (),
-    requires_approval: bool = False,
-    approval_message: str | None = None,
-    undoable: bool = False,
-    undo_handler: UndoHandler | None = None,
-    artifact_type: str | None = None,
+    handler: ToolHandler | None = None, /, **options: Unpack[ToolOptions]
 ) -> ToolDefinition | Callable[[ToolHandler], ToolDefinition]:
     """Turn a function into a :class:`ToolDefinition` (not registered anywhere).
 
@@ -537,34 +594,13 @@ def tool(
 
     Args:
         handler: The function, when used as a bare ``@tool``.
-        name: Tool name (default: the function's name).
-        action_type: Action type (default: the name).
-        description: Description (default: the docstring's first paragraph).
-        input_schema: JSON Schema of the arguments.
-        allowed_behaviors: Behaviours allowed to use the tool (empty: all).
-        requires_approval: Whether calls wait for approval.
-        approval_message: What an approver is shown.
-        undoable: Whether calls can be undone.
-        undo_handler: The undo function.
-        artifact_type: Type for artifacts returned as mappings.
+        **options: The tool's options; see :class:`ToolOptions` for each and its default.
 
     Returns:
         The definition, or a decorator that makes it.
     """
 
     def decorate(fn: ToolHandler) -> ToolDefinition:
-        return define_tool(
-            fn,
-            name=name,
-            action_type=action_type,
-            description=description,
-            input_schema=input_schema,
-            allowed_behaviors=allowed_behaviors,
-            requires_approval=requires_approval,
-            approval_message=approval_message,
-            undoable=undoable,
-            undo_handler=undo_handler,
-            artifact_type=artifact_type,
-        )
+        return define_tool(fn, **options)
 
     return decorate(handler) if handler is not None else decorate

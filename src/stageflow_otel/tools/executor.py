@@ -50,6 +50,7 @@ from stageflow_otel.core.model import StageArtifact
 from stageflow_otel.core.seams import RunHook, ToolCall, compose, qualified_name
 
 from .approval import ApprovalService
+from .calls import ResolvedToolCall
 from .definitions import ToolDefinition, ToolInput, ToolOutput, UndoMetadata
 from .errors import (
     ToolApprovalDeniedError,
@@ -61,7 +62,7 @@ from .errors import (
     ToolNotFoundError,
     ToolUndoError,
 )
-from .registry import ResolvedToolCall, ToolRegistry
+from .registry import ToolRegistry
 from .undo import UndoStore
 
 if TYPE_CHECKING:

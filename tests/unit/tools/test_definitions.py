@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 import pytest
@@ -13,8 +15,11 @@ from stageflow_otel.tools import (
     ToolDefinitionError,
     ToolError,
     ToolInput,
+    ToolOptions,
     ToolOutput,
+    ToolRegistry,
     UndoMetadata,
+    define_tool,
     tool,
 )
 
@@ -152,6 +157,133 @@ def test_tool_decorator_takes_defaults_from_the_function() -> None:
     assert other.is_behavior_allowed("a")
     assert not other.is_behavior_allowed(None)
     assert lookup.is_behavior_allowed(None)
+
+
+def ping(input: ToolInput) -> None:
+    """Ping."""
+
+
+def through_tool(**options: Any) -> ToolDefinition:
+    return tool(**options)(ping)
+
+
+def through_registry(**options: Any) -> ToolDefinition:
+    return ToolRegistry().tool(**options)(ping)
+
+
+def through_define_tool(**options: Any) -> ToolDefinition:
+    return define_tool(ping, **options)
+
+
+PATHS: tuple[Callable[..., ToolDefinition], ...] = (
+    through_tool,
+    through_registry,
+    through_define_tool,
+)
+
+
+def test_tool_options_are_the_definition_fields() -> None:
+    settable = {f.name for f in fields(ToolDefinition) if f.init} - {"handler"}
+    assert ToolOptions.__optional_keys__ == settable
+    assert ToolOptions.__required_keys__ == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"requires_aproval": True},
+            "tool 'ping': unknown option 'requires_aproval'; did you mean 'requires_approval'?",
+        ),
+        (
+            {"colour": "red"},
+            (
+                "tool 'ping': unknown option 'colour'; the options are action_type, "
+                "allowed_behaviors, approval_message, artifact_type, description, input_schema, "
+                "name, requires_approval, undo_handler, undoable"
+            ),
+        ),
+        (
+            {"allowed_behaviors": "chat"},
+            (
+                "tool 'ping': allowed_behaviors must be a list of behaviours, got the string "
+                "'chat'; write allowed_behaviors=('chat',)"
+            ),
+        ),
+        (
+            {"allowed_behaviors": ["chat", 1]},
+            "tool 'ping': allowed_behaviors must be a list of strings, got ['chat', 1] (list)",
+        ),
+        (
+            {"allowed_behaviors": 3},
+            "tool 'ping': allowed_behaviors must be a list of strings, got 3 (int)",
+        ),
+        (
+            {"undoable": "yes", "undo_handler": ping},
+            "tool 'ping': undoable must be True or False, got 'yes' (str)",
+        ),
+        (
+            {"name": "pong", "requires_approval": 1},
+            "tool 'pong': requires_approval must be True or False, got 1 (int)",
+        ),
+        (
+            {"approval_message": ["ok?"]},
+            "tool 'ping': approval_message must be a string or None, got ['ok?'] (list)",
+        ),
+        (
+            {"undoable": True},
+            (
+                "tool 'ping' is undoable but has no undo_handler; pass undo_handler=... or "
+                "undoable=False"
+            ),
+        ),
+        (
+            {"input_schema": {"type": "objekt"}},
+            (
+                "tool 'ping': input_schema is not a valid JSON Schema (Draft202012Validator): "
+                "'objekt' is not valid under any of the given schemas (at /type in the schema)"
+            ),
+        ),
+    ],
+)
+def test_a_bad_option_fails_the_same_way_on_every_path(
+    options: dict[str, Any], message: str
+) -> None:
+    errors: list[ToolDefinitionError] = []
+    for path in PATHS:
+        with pytest.raises(ToolDefinitionError) as info:
+            path(**options)
+        errors.append(info.value)
+    assert [str(e) for e in errors] == [message] * len(PATHS)
+    assert {e.tool for e in errors} == {options.get("name", "ping")}
+
+
+def test_every_path_makes_the_same_definition() -> None:
+    def undo(metadata: UndoMetadata) -> None: ...
+
+    options: dict[str, Any] = {
+        "action_type": "PING",
+        "allowed_behaviors": iter(["chat"]),
+        "requires_approval": True,
+        "approval_message": "Ping?",
+        "undoable": True,
+        "undo_handler": undo,
+        "artifact_type": "pong",
+    }
+    made = [path(**{**options, "allowed_behaviors": ["chat"]}) for path in PATHS]
+    assert [d.to_dict() for d in made] == [made[0].to_dict()] * len(PATHS)
+    assert made[0].to_dict() == {
+        "name": "ping",
+        "action_type": "PING",
+        "description": "Ping.",
+        "input_schema": {},
+        "allowed_behaviors": ["chat"],
+        "requires_approval": True,
+        "approval_message": "Ping?",
+        "undoable": True,
+        "artifact_type": "pong",
+    }
+    assert through_tool(**options).allowed_behaviors == ("chat",)  # any iterable will do
 
 
 def test_openai_declaration_and_dict() -> None:
