@@ -51,8 +51,6 @@ from .events import EventSink as EventSink
 from .events import FanOutEventSink as FanOutEventSink
 from .events import LoggingEventSink as LoggingEventSink
 from .events import NoOpEventSink as NoOpEventSink
-from .executor import PipelineResults as PipelineResults
-from .executor import StageGraph as StageGraph
 from .extensions import ExtensionRegistry as ExtensionRegistry
 from .extensions import default_extensions as default_extensions
 from .idempotency import IdempotencyInterceptor as IdempotencyInterceptor
@@ -71,6 +69,8 @@ from .model import StageStatus as StageStatus
 from .pipeline import FailureMode as FailureMode
 from .pipeline import FunctionStage as FunctionStage
 from .pipeline import Pipeline as Pipeline
+from .pipeline import PipelineResults as PipelineResults
+from .pipeline import StageGraph as StageGraph
 from .pipeline import StageSpec as StageSpec
 from .pipeline import stage_fn as stage_fn
 from .resilience import RetryInterceptor as RetryInterceptor

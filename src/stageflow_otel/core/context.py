@@ -21,7 +21,7 @@ from .errors import (
 from .model import StageOutput
 
 if TYPE_CHECKING:
-    from .executor import RunState
+    from ._executor import RunState
     from .pipeline import Pipeline, StageSpec
     from .seams import RunHook
     from .subpipeline import SubpipelineResult

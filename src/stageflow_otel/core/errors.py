@@ -53,6 +53,7 @@ __all__ = (
     "UndeclaredDependencyError",
     "UnifiedPipelineCancelled",
     "UnifiedStageExecutionError",
+    "qualified_name",
 )
 
 _LIST_LIMIT = 12
@@ -337,3 +338,16 @@ class SinkClosedError(StageflowError):
 # stageflow-core's names, kept so that code written against it keeps working.
 UnifiedStageExecutionError = StageExecutionError
 UnifiedPipelineCancelled = PipelineCancelled
+
+
+def qualified_name(exc: BaseException) -> str:
+    """The ``error.type`` of an exception: its class's qualified name.
+
+    Builtins and ``__main__`` classes by their name (``ValueError``), others with their
+    module (``myapp.errors.Declined``), as OpenTelemetry's ``error.type`` convention wants.
+    """
+    cls = type(exc)
+    module = cls.__module__
+    if module in ("builtins", "__main__"):
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"

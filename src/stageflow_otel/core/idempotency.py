@@ -28,9 +28,9 @@ import anyio
 import sniffio
 
 from ._checks import check_seconds, describe
-from .errors import IdempotencyParamMismatch
+from .errors import IdempotencyParamMismatch, qualified_name
 from .model import StageOutput, StageStatus
-from .seams import CallNext, StageCall, qualified_name
+from .seams import CallNext, StageCall
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

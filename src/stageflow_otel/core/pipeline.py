@@ -6,8 +6,9 @@ import difflib
 import functools
 import inspect
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import anyio.to_thread
@@ -16,6 +17,7 @@ from ._checks import (
     check_bool,
     check_count,
     check_hooks,
+    check_run_arguments,
     check_seconds,
     check_sink,
     describe,
@@ -23,17 +25,29 @@ from ._checks import (
     is_async_callable,
     sequence_of,
 )
+from .context import RunIdentity
 from .errors import CycleDetectedError, PipelineValidationError, format_names
-from .model import StageKind, StageReturn
+from .model import StageKind, StageOutput, StageReturn, StageStatus
 from .seams import Interceptor, RunHook
+from .wide_events import WideEventEmitter
 
 if TYPE_CHECKING:
     from .cancellation import CancellationToken
-    from .context import RunIdentity, StageContext
+    from .context import StageContext
     from .events import EventSink
-    from .executor import PipelineResults, StageGraph
 
-__all__ = ("FailureMode", "Pipeline", "StageRunner", "StageSpec", "stage_fn")
+__all__ = (
+    "FailureMode",
+    "Pipeline",
+    "PipelineResults",
+    "StageGraph",
+    "StageRunner",
+    "StageSpec",
+    "stage_fn",
+)
+
+_EMPTY_DATA: Mapping[str, Any] = MappingProxyType({})
+_FAIL = StageStatus.FAIL
 
 FailureMode = Literal["fail_fast", "continue"]
 """``fail_fast``: the first failure cancels running stages and fails the run. ``continue``:
@@ -238,7 +252,7 @@ class StageSpec:
         )
 
 
-def make_spec(
+def _make_spec(
     name: str,
     runner: StageRunner,
     kind: StageKind | str | None = None,
@@ -401,7 +415,7 @@ class Pipeline:
             PipelineValidationError: For a duplicate name or an invalid argument; the message
                 names the stage, the parameter and the value given, and says what is accepted.
         """
-        spec = make_spec(
+        spec = _make_spec(
             name,
             runner,
             kind,
@@ -546,8 +560,6 @@ class Pipeline:
             PipelineValidationError: For an invalid pipeline (a cycle, a missing dependency, ...)
                 or argument; the message names the pipeline, the parameter and the value given.
         """
-        from .executor import StageGraph
-
         where = f"pipeline {self.name!r}: "
         chain = interceptor_chain("interceptors", interceptors, where=where)
         try:
@@ -787,3 +799,193 @@ def stage_fn(
         return FunctionStage(f, name=name or _callable_name(f).rsplit(".", 1)[-1], kind=stage_kind)
 
     return decorate(fn) if fn is not None else decorate
+
+
+class PipelineResults(Mapping[str, StageOutput]):
+    """The outputs of a run, by stage name, in completion order.
+
+    Attributes:
+        pipeline: The pipeline name.
+        run_id: The run id.
+        status: ``ok``, ``fail`` or ``cancel``.
+        duration_ms: Wall time of the run.
+    """
+
+    __slots__ = ("_attempts", "_outputs", "duration_ms", "pipeline", "run_id", "status")
+
+    def __init__(
+        self,
+        outputs: Mapping[str, StageOutput],
+        *,
+        attempts: Mapping[str, int] | None = None,
+        pipeline: str = "pipeline",
+        run_id: str = "",
+        status: str = "ok",
+        duration_ms: float = 0.0,
+    ) -> None:
+        self._outputs = outputs
+        self._attempts = attempts or {}
+        self.pipeline = pipeline
+        self.run_id = run_id
+        self.status = status
+        self.duration_ms = duration_ms
+
+    def __getitem__(self, stage: str) -> StageOutput:
+        return self._outputs[stage]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._outputs)
+
+    def __len__(self) -> int:
+        return len(self._outputs)
+
+    def __repr__(self) -> str:
+        statuses = ", ".join(f"{k}={v.status.value}" for k, v in list(self._outputs.items())[:8])
+        more = "" if len(self._outputs) <= 8 else f", ... ({len(self._outputs) - 8} more)"
+        return f"PipelineResults({self.pipeline!r}, status={self.status!r}, {statuses}{more})"
+
+    @property
+    def ok(self) -> bool:
+        """True when no stage failed or cancelled."""
+        return self.status == "ok"
+
+    def require_ok(self, stage: str) -> StageOutput:
+        """The output of ``stage``, which must be OK.
+
+        Raises:
+            KeyError: If the stage has no output.
+            RuntimeError: If its status is not OK.
+        """
+        output = self._outputs.get(stage)
+        if output is None:
+            raise KeyError(f"stage {stage!r} has no output in this run (stages: {', '.join(self)})")
+        if output.status is not StageStatus.OK:
+            detail = f": {output.error}" if output.error else ""
+            raise RuntimeError(f"stage {stage!r} ended with status {output.status.value}{detail}")
+        return output
+
+    def data(self, stage: str) -> Mapping[str, Any]:
+        """The output data of ``stage`` (empty if it has no output)."""
+        output = self._outputs.get(stage)
+        return _EMPTY_DATA if output is None else output.data
+
+    def failed(self) -> dict[str, StageOutput]:
+        """The stages that failed."""
+        return {k: v for k, v in self._outputs.items() if v.status is _FAIL}
+
+    def attempts(self, stage: str) -> int:
+        """Attempts ``stage`` took (0 if it did not run)."""
+        if stage not in self._outputs:
+            return 0
+        return self._attempts.get(stage, 1)
+
+
+class StageGraph:
+    """A validated, compiled pipeline, ready to run any number of times (even concurrently).
+
+    Build one with ``Pipeline.build()``. Per-run state lives in the run, never in the graph.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        ordered: Sequence[StageSpec],
+        *,
+        interceptors: tuple[Interceptor, ...] = (),
+        hooks: tuple[RunHook, ...] | None = None,
+        event_sink: EventSink | None = None,
+        failure_mode: FailureMode = "fail_fast",
+        max_concurrency: int | None = None,
+        max_depth: int = 5,
+        emit_stage_wide_events: bool = False,
+        emit_pipeline_wide_event: bool = False,
+        cleanup_timeout: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.specs: tuple[StageSpec, ...] = tuple(ordered)
+        self.index: dict[str, int] = {spec.name: i for i, spec in enumerate(self.specs)}
+        n = len(self.specs)
+        children: list[list[int]] = [[] for _ in range(n)]
+        for i, spec in enumerate(self.specs):
+            for dep in spec.dependencies:
+                children[self.index[dep]].append(i)
+        self.children: tuple[tuple[int, ...], ...] = tuple(tuple(c) for c in children)
+        self.in_degree: tuple[int, ...] = tuple(len(s.dependencies) for s in self.specs)
+        self.roots: tuple[int, ...] = tuple(i for i in range(n) if self.in_degree[i] == 0)
+        self.interceptors = interceptors
+        self.hooks = hooks
+        self.event_sink = event_sink
+        self.failure_mode = failure_mode
+        self.max_concurrency = max_concurrency
+        self.max_depth = max_depth
+        self.wide_events = (
+            WideEventEmitter() if emit_stage_wide_events or emit_pipeline_wide_event else None
+        )
+        self.emit_stage_wide_events = emit_stage_wide_events
+        self.emit_pipeline_wide_event = emit_pipeline_wide_event
+        self.cleanup_timeout = cleanup_timeout
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """Stage names in topological order."""
+        return tuple(spec.name for spec in self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __repr__(self) -> str:
+        return f"StageGraph({self.name!r}, stages={len(self.specs)})"
+
+    async def run(
+        self,
+        data: Mapping[str, Any] | None = None,
+        *,
+        identity: RunIdentity | None = None,
+        cancel_token: CancellationToken | None = None,
+        event_sink: EventSink | None = None,
+        hooks: Sequence[RunHook] | None = None,
+        traceparent: str | None = None,
+        entry_point: bool = False,
+    ) -> PipelineResults:
+        """Run the pipeline once.
+
+        Args:
+            data: Run input, read-only for stages (``ctx.data``).
+            identity: The run's identity; a new run id by default.
+            cancel_token: Cancelling it stops the run with :class:`PipelineCancelled`.
+            event_sink: Lifecycle events go here (in addition to the graph's sink).
+            hooks: Run hooks for this run; overrides the graph's and the installed extensions.
+            traceparent: A W3C ``traceparent`` for tracing hooks to join.
+            entry_point: Whether this run is the process's main unit of work (the CLI).
+
+        Returns:
+            The results, when every stage succeeded (OK, SKIP).
+
+        Raises:
+            StageExecutionError: A stage failed; ``.results`` has the partial results and the
+                stage's exception is the ``__cause__``.
+            PipelineCancelled: A stage returned CANCEL or ``cancel_token`` was cancelled.
+            TypeError: An argument has the wrong type (naming it and the value given).
+        """
+        check_run_arguments(
+            self.name,
+            data=data,
+            identity=identity,
+            cancel_token=cancel_token,
+            event_sink=event_sink,
+            hooks=hooks,
+            traceparent=traceparent,
+        )
+        from ._executor import RunState  # the executor builds on this module
+
+        state = RunState(
+            self,
+            data,
+            identity or RunIdentity(),
+            event_sink=event_sink,
+            hooks=hooks,
+            cancel_token=cancel_token,
+            traceparent=traceparent,
+            entry_point=entry_point,
+        )
+        return await state.start()

@@ -39,9 +39,9 @@ from ._checks import (
     describe,
     sequence_of,
 )
-from .errors import RateLimitError, StageTimeoutError, TransientError
+from .errors import RateLimitError, StageTimeoutError, TransientError, qualified_name
 from .model import StageOutput, StageStatus
-from .seams import CallNext, StageCall, qualified_name
+from .seams import CallNext, StageCall
 
 __all__ = ("Backoff", "Jitter", "RetryInterceptor", "TimeoutInterceptor")
 

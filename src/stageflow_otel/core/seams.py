@@ -24,15 +24,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from .errors import InterceptorError, StageCancellationRequested
+from .errors import InterceptorError, StageCancellationRequested, qualified_name
 from .model import StageKind, StageOutput
 
 if TYPE_CHECKING:
+    from ._executor import RunState
     from .cancellation import CleanupRegistry
     from .context import RunIdentity, StageContext
     from .events import Event
-    from .executor import PipelineResults, RunState
-    from .pipeline import StageSpec
+    from .pipeline import PipelineResults, StageSpec
     from .subpipeline import ChildRunTracker
 
 __all__ = (
@@ -351,15 +351,6 @@ class RunHook:
     def overrides(cls, method: str) -> bool:
         """Whether the subclass overrides ``method`` (unused hooks cost nothing)."""
         return getattr(cls, method) is not getattr(RunHook, method)
-
-
-def qualified_name(exc: BaseException) -> str:
-    """The qualified class name of an exception, as ``error.type`` wants it."""
-    cls = type(exc)
-    module = cls.__module__
-    if module in ("builtins", "__main__"):
-        return cls.__qualname__
-    return f"{module}.{cls.__qualname__}"
 
 
 InterceptorWrapper = Callable[[Interceptor, StageCall, CallNext], Awaitable[StageOutput]]

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._checks import check_count, describe, sequence_of
+from ._executor import RunState
 from .context import RunIdentity, StageContext
 from .errors import MaxDepthExceededError, PipelineCancelled, StageExecutionError
-from .executor import PipelineResults, RunState
 from .model import StageOutput
+from .pipeline import PipelineResults
 from .seams import SubpipelineCall, around_each_subpipeline, compose
 from .wide_events import error_type_of
 

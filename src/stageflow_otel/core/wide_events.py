@@ -8,9 +8,9 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .errors import qualified_name
 from .events import rfc3339_ns
 from .model import StageOutput, StageStatus
-from .seams import qualified_name
 
 if TYPE_CHECKING:
     from .context import RunIdentity

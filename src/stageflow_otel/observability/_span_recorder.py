@@ -19,8 +19,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from stageflow_otel.core.errors import qualified_name
 from stageflow_otel.core.model import StageOutput, StageStatus
-from stageflow_otel.core.seams import StageCall, SubpipelineCall, ToolCall, qualified_name
+from stageflow_otel.core.seams import StageCall, SubpipelineCall, ToolCall
 from stageflow_otel.core.wide_events import error_type_of
 
 from . import attributes as attr

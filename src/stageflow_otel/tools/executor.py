@@ -45,9 +45,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from stageflow_otel.core._checks import check_seconds, describe
-from stageflow_otel.core.errors import StageCancellationRequested
+from stageflow_otel.core.errors import StageCancellationRequested, qualified_name
 from stageflow_otel.core.model import StageArtifact
-from stageflow_otel.core.seams import RunHook, ToolCall, compose, qualified_name
+from stageflow_otel.core.seams import RunHook, ToolCall, compose
 
 from .approval import ApprovalService
 from .calls import ResolvedToolCall
