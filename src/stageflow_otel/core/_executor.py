@@ -30,7 +30,6 @@ from .errors import (
     StageExecutionError,
     StageReturnTypeError,
     StageTimeoutError,
-    qualified_name,
 )
 from .events import Event, EventSink, NoOpEventSink
 from .extensions import default_extensions
@@ -433,7 +432,7 @@ class RunState:
                 except Exception as exc:
                     # Only a broken hook gets here: stages and interceptors are caught further in.
                     logger.exception("a run hook failed on stage %r", spec.name)
-                    output = StageOutput.fail(exc, metadata={"error_type": qualified_name(exc)})
+                    output = StageOutput.fail(exc)
                 except BaseException:
                     if spec.name not in self.outputs:
                         self.outputs[spec.name] = self._cancelled_output()
@@ -482,7 +481,7 @@ class RunState:
                     output = StageOutput.fail(
                         f"stage {name!r} returned RETRY ({output.error}) but no retry policy "
                         "handled it; add a RetryInterceptor to the pipeline or the stage",
-                        metadata={"error_type": "stageflow.unhandled_retry"},
+                        error_type="stageflow.unhandled_retry",
                     )
         except BaseException:
             output = self._cancelled_output().with_duration((_perf() - call.started_at) * 1000)
@@ -584,7 +583,8 @@ class RunState:
                 if scope.cancelled_caught:
                     return StageOutput.fail(
                         StageTimeoutError(spec.name, spec.timeout),
-                        metadata={"error_type": "stageflow.timeout", "error_code": "TIMEOUT"},
+                        metadata={"error_code": "TIMEOUT"},
+                        error_type="stageflow.timeout",
                     )
         except StageCancellationRequested as exc:
             return StageOutput.cancel(exc.reason)

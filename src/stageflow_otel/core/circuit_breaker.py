@@ -136,10 +136,10 @@ class CircuitBreakerInterceptor:
 
     - **closed**: calls run. ``failure_threshold`` consecutive failures open the circuit; a
       success resets the count.
-    - **open**: calls fail at once, without running, with a :class:`CircuitOpenError` and
-      metadata ``error_code="CIRCUIT_OPEN"``, ``error_type="stageflow.short_circuit"``,
-      ``short_circuit=True`` and ``retry_in_s``. After ``recovery_timeout`` seconds the
-      circuit turns half-open.
+    - **open**: calls fail at once, without running, with a :class:`CircuitOpenError`,
+      ``error_type="stageflow.short_circuit"``, ``short_circuited_by`` the breaker's name, and
+      metadata ``error_code="CIRCUIT_OPEN"``, ``circuit_state`` and ``retry_in_s``. After
+      ``recovery_timeout`` seconds the circuit turns half-open.
     - **half-open**: up to ``half_open_max_calls`` probes run at once (further calls fail as
       when open). A successful probe closes the circuit; a failed one opens it again.
 
@@ -271,12 +271,11 @@ class CircuitBreakerInterceptor:
             error,
             metadata={
                 "error_code": "CIRCUIT_OPEN",
-                "error_type": "stageflow.short_circuit",
-                "short_circuit": True,
-                "short_circuited_by": self.name,
                 "circuit_state": circuit.state.value,
                 "retry_in_s": retry_in,
             },
+            error_type="stageflow.short_circuit",
+            short_circuited_by=self.name,
         )
 
     async def intercept(self, call: StageCall, call_next: CallNext) -> StageOutput:

@@ -28,7 +28,7 @@ import anyio
 import sniffio
 
 from ._checks import check_seconds, describe
-from .errors import IdempotencyParamMismatch, qualified_name
+from .errors import IdempotencyParamMismatch
 from .model import StageOutput, StageStatus
 from .seams import CallNext, StageCall
 
@@ -368,8 +368,8 @@ class IdempotencyInterceptor:
 
     With no key (``key(call)`` returns ``None`` or ``""``) the stage runs as usual. Otherwise:
 
-    - a stored record is returned without running the stage, with metadata
-      ``idempotency_hit=True`` and ``idempotency_key``; if ``validate_params`` and the record
+    - a stored record is returned without running the stage, ``short_circuited_by`` the
+      interceptor's name, with metadata ``idempotency_hit=True`` and ``idempotency_key``; if ``validate_params`` and the record
       was computed for other parameters, the stage fails with
       :class:`IdempotencyParamMismatch` instead;
     - else the stage runs, and an OK output is stored for ``ttl`` seconds (other outputs are
@@ -521,12 +521,8 @@ class IdempotencyInterceptor:
             error = IdempotencyParamMismatch(key, expected=record.params_hash, actual=params_hash)
             return StageOutput.fail(
                 error,
-                metadata={
-                    "error_type": qualified_name(error),
-                    "error_code": error.code,
-                    "idempotency_key": key,
-                },
+                metadata={"error_code": error.code, "idempotency_key": key},
             )
-        return record.output.with_metadata(
-            idempotency_hit=True, idempotency_key=key, short_circuited_by=self.name
+        return record.output.with_metadata(idempotency_hit=True, idempotency_key=key).answered_by(
+            self.name
         )

@@ -85,9 +85,18 @@ class StageOutput:
         error: Error message for FAIL and RETRY.
         duration_ms: Wall time of the stage, filled in by the executor.
         version: Optional version tag of the output's shape.
-        metadata: Facts about how the output came to be (``error_type``, ``error_code``,
+        metadata: Facts about how the output came to be (``error_code``,
             ``idempotency_hit``, ``attempts``, ...), never user data.
         exception: The exception behind a FAIL, if any (not compared, not shown in repr).
+        error_type: The failure's ``error.type`` when it is not the exception's class name:
+            ``stageflow.timeout``, ``stageflow.short_circuit``, ``stageflow.unhandled_retry``,
+            or the type of the exception an interceptor raised. See :attr:`timed_out`.
+        short_circuited_by: The interceptor that answered without running the stage (a
+            cache hit, an open circuit).
+        failed_by: The interceptor that failed the stage itself (it raised, or timed it out).
+
+    ``error_type``, ``short_circuited_by`` and ``failed_by`` are the vocabulary the engine and
+    its interceptors tell observers what happened in; observers read them, never metadata.
     """
 
     status: StageStatus
@@ -99,6 +108,9 @@ class StageOutput:
     version: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     exception: BaseException | None = field(default=None, compare=False, repr=False)
+    error_type: str | None = None
+    short_circuited_by: str | None = None
+    failed_by: str | None = None
 
     @classmethod
     def ok(
@@ -140,8 +152,20 @@ class StageOutput:
         data: Mapping[str, Any] | None = None,
         *,
         metadata: Mapping[str, Any] | None = None,
+        error_type: str | None = None,
+        short_circuited_by: str | None = None,
+        failed_by: str | None = None,
     ) -> StageOutput:
-        """The stage failed; the run fails (or, in ``continue`` mode, its dependents skip)."""
+        """The stage failed; the run fails (or, in ``continue`` mode, its dependents skip).
+
+        Args:
+            error: The message, or the exception (its message becomes ``error``).
+            data: Output data.
+            metadata: Facts about the failure (``error_code``, ...).
+            error_type: The ``error.type``, when not the exception's class name.
+            short_circuited_by: The interceptor that answered without running the stage.
+            failed_by: The interceptor that failed the stage itself.
+        """
         exception = error if isinstance(error, BaseException) else None
         if exception is not None:
             message = str(exception) or type(exception).__name__
@@ -153,6 +177,9 @@ class StageOutput:
             error=message,
             metadata=metadata or {},
             exception=exception,
+            error_type=error_type,
+            short_circuited_by=short_circuited_by,
+            failed_by=failed_by,
         )
 
     @classmethod
@@ -176,11 +203,23 @@ class StageOutput:
             self.version,
             self.metadata,
             self.exception,
+            self.error_type,
+            self.short_circuited_by,
+            self.failed_by,
         )
 
     def with_metadata(self, **metadata: Any) -> StageOutput:
         """Return a copy with ``metadata`` extended."""
         return replace(self, metadata={**self.metadata, **metadata})
+
+    def answered_by(self, interceptor: str) -> StageOutput:
+        """Return a copy saying ``interceptor`` answered without running the stage."""
+        return replace(self, short_circuited_by=interceptor)
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether the stage failed because it ran out of time."""
+        return self.error_type == "stageflow.timeout"
 
     @property
     def is_success(self) -> bool:

@@ -65,12 +65,11 @@ _MAX_EXPONENT = 1000
 def _error_type(output: StageOutput) -> str:
     """The ``error.type`` of a failed or retried output.
 
-    ``metadata["error_type"]`` when set (``stageflow.timeout``, ...), else the exception's
+    ``output.error_type`` when set (``stageflow.timeout``, ...), else the exception's
     qualified class name, else ``_OTHER``.
     """
-    declared = output.metadata.get("error_type")
-    if isinstance(declared, str):
-        return declared
+    if output.error_type is not None:
+        return output.error_type
     if output.exception is not None:
         return qualified_name(output.exception)
     return "_OTHER"
@@ -275,7 +274,8 @@ class RetryInterceptor:
                 f"stage {call.stage!r} failed after {attempts} attempt{plural}: "
                 f"{output.error or 'no error message'}"
             ),
-            metadata={**output.metadata, "attempts": attempts, "error_type": _error_type(output)},
+            metadata={**output.metadata, "attempts": attempts},
+            error_type=_error_type(output),
         )
 
 
@@ -285,8 +285,8 @@ class TimeoutInterceptor:
     Inside a :class:`RetryInterceptor` the timeout applies to each attempt. On timeout the
     work is cancelled (an anyio cancel scope, so it works on asyncio and trio and never
     swallows a cancellation from outside) and the output is a FAIL with a
-    :class:`StageTimeoutError` and metadata ``error_type="stageflow.timeout"``,
-    ``error_code="TIMEOUT"``, as for a stage's own ``timeout=``, plus ``interceptor="timeout"``
+    :class:`StageTimeoutError`, ``error_type="stageflow.timeout"`` (so ``timed_out``) and
+    metadata ``error_code="TIMEOUT"``, as for a stage's own ``timeout=``, plus ``failed_by``
     naming the interceptor that failed the stage. :class:`StageTimeoutError` is a
     ``TimeoutError``, so the default ``RetryInterceptor`` retries it.
 
@@ -346,10 +346,8 @@ class TimeoutInterceptor:
         if scope.cancelled_caught:
             return StageOutput.fail(
                 StageTimeoutError(call.stage, timeout),
-                metadata={
-                    "error_type": "stageflow.timeout",
-                    "error_code": "TIMEOUT",
-                    "interceptor": self.name,
-                },
+                metadata={"error_code": "TIMEOUT"},
+                error_type="stageflow.timeout",
+                failed_by=self.name,
             )
         return output

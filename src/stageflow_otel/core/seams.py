@@ -401,11 +401,9 @@ def _link(
             error.__cause__ = exc
             return StageOutput.fail(
                 error,
-                metadata={
-                    "error_type": qualified_name(exc),
-                    "error_code": InterceptorError.code,
-                    "interceptor": name,
-                },
+                metadata={"error_code": InterceptorError.code},
+                error_type=qualified_name(exc),
+                failed_by=name,
             )
 
     return step

@@ -28,14 +28,13 @@ def iso_timestamp(when: _dt.datetime | None = None) -> str:
 def error_type_of(output: StageOutput) -> str | None:
     """The ``error.type`` of a failed output, or ``None`` when it did not fail.
 
-    Uses ``metadata["error_type"]`` when set (``stageflow.timeout``, ``stageflow.short_circuit``,
+    Uses ``output.error_type`` when set (``stageflow.timeout``, ``stageflow.short_circuit``,
     an interceptor's error), else the exception's qualified class name, else ``_OTHER``.
     """
     if output.status is not StageStatus.FAIL:
         return None
-    declared = output.metadata.get("error_type")
-    if isinstance(declared, str):
-        return declared
+    if output.error_type is not None:
+        return output.error_type
     exc = output.exception
     return qualified_name(exc) if exc is not None else "_OTHER"
 

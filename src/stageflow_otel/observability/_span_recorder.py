@@ -76,7 +76,7 @@ def _set_attributes(span: trace.Span, attributes: dict[str, Any]) -> None:
 def _claim(output: StageOutput) -> bool:
     """Claim a failure or short circuit for the innermost interceptor span that sees it.
 
-    Metadata names the interceptor by name only, and an outer interceptor of the same name
+    An output names the interceptor by name only, and an outer interceptor of the same name
     (a pipeline-wide ``TimeoutInterceptor`` around a stage's own) sees the same failure pass
     through, or re-wrapped by a retry with the same exception. The first (innermost) span to
     claim it is the one that reports it.
@@ -98,14 +98,12 @@ def _claim(output: StageOutput) -> bool:
 def interceptor_action(name: str, attempt_before: int, call: StageCall, output: StageOutput) -> str:
     """What an interceptor did to a stage: ``proceed``, ``short_circuit``, ``retry``, ``error``."""
     action = "proceed"
-    meta = output.metadata
-    if meta:
-        if meta.get("interceptor") == name:
-            action = "error"
-        elif meta.get("short_circuited_by") == name:
-            action = "short_circuit"
-        if action != "proceed" and not _claim(output):
-            action = "proceed"  # an inner interceptor of the same name did it
+    if output.failed_by == name:
+        action = "error"
+    elif output.short_circuited_by == name:
+        action = "short_circuit"
+    if action != "proceed" and not _claim(output):
+        action = "proceed"  # an inner interceptor of the same name did it
     if action == "proceed" and call.attempt > attempt_before:
         action = "retry"
     return action

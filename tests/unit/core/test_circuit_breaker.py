@@ -92,7 +92,7 @@ async def test_closed_open_half_open_closed_and_open_again() -> None:
     clock.now += 9.0
     output = await fails(g)
     assert stage.calls == 3
-    assert output.metadata["short_circuit"] is True
+    assert output.short_circuited_by is not None
 
     # half-open after the recovery timeout: one probe; success closes
     clock.now += 1.0
@@ -142,7 +142,7 @@ async def test_an_open_circuit_fails_the_stage_and_the_run() -> None:
         "run and will be tried again in 17.5s"
     )
     assert output.metadata["error_code"] == "CIRCUIT_OPEN"
-    assert output.metadata["error_type"] == "stageflow.short_circuit"
+    assert output.error_type == "stageflow.short_circuit"
     assert output.metadata["retry_in_s"] == 17.5
     assert stage.calls == 1
     failed = sink.of_type("stage.failed")[-1]
@@ -220,7 +220,7 @@ async def test_state_is_kept_across_runs_and_graphs_sharing_the_instance() -> No
 
     other = Pipeline("q").with_stage("s", stage).build(interceptors=[breaker], hooks=[])
     output = await fails(other)
-    assert output.metadata["short_circuit"] is True
+    assert output.short_circuited_by is not None
     assert stage.calls == 2
 
     fresh = graph(stage, CircuitBreakerInterceptor(2, clock=FakeClock()))
@@ -307,7 +307,7 @@ async def test_half_open_lets_only_half_open_max_calls_probes_through(max_calls:
     outputs = await run_concurrently(graph(gate, breaker), 4, gate)
 
     assert gate.entered == max_calls
-    short = [o for o in outputs if o.metadata.get("short_circuit")]
+    short = [o for o in outputs if o.short_circuited_by]
     assert len(short) == 4 - max_calls
     assert all(o.metadata["circuit_state"] == "half_open" for o in short)
     assert "half-open" in (short[0].error or "")

@@ -558,7 +558,7 @@ async def test_retry_without_a_retry_policy_fails_and_says_so() -> None:
     message = str(info.value)
     assert "returned RETRY (try later)" in message
     assert "no retry policy" in message
-    assert info.value.results["flaky"].metadata["error_type"] == "stageflow.unhandled_retry"
+    assert info.value.results["flaky"].error_type == "stageflow.unhandled_retry"
 
 
 async def test_a_stage_timeout_fails_with_stage_timeout_error() -> None:
@@ -577,7 +577,7 @@ async def test_a_stage_timeout_fails_with_stage_timeout_error() -> None:
     assert (cause.stage, cause.timeout_s) == ("hang", 0.05)
     output = info.value.results["hang"]
     assert output.status is StageStatus.FAIL
-    assert output.metadata["error_type"] == "stageflow.timeout"
+    assert output.error_type == "stageflow.timeout"
     assert output.error == "stage 'hang' timed out after 0.05s"
     (failed_event,) = sink.of_type("stage.failed")
     assert failed_event["error_type"] == "stageflow.timeout"

@@ -35,6 +35,7 @@ from stageflow_otel.core import (
     StageStatus,
 )
 from stageflow_otel.core.idempotency import decode_record, encode_record, hash_params
+from stageflow_otel.core.wide_events import error_type_of
 
 pytestmark = pytest.mark.anyio
 
@@ -190,7 +191,7 @@ async def test_the_same_key_with_other_params_fails_with_param_mismatch() -> Non
     assert mismatch.actual == hash_params({"amount": 6, "currency": "EUR"})
     output = info.value.results["s"]
     assert output.metadata["error_code"] == "IDEMPOTENCY_PARAM_MISMATCH"
-    assert output.metadata["error_type"] == ("stageflow_otel.core.errors.IdempotencyParamMismatch")
+    assert error_type_of(output) == "stageflow_otel.core.errors.IdempotencyParamMismatch"
     assert "use a new key for new parameters" in (output.error or "")
 
 

@@ -140,7 +140,7 @@ async def test_exhausted_retries_fail_with_the_last_exception_and_say_so() -> No
     assert output.error == "stage 's' failed after 3 attempts: down"
     assert output.exception is stage.raised[-1]
     assert output.metadata["attempts"] == 3
-    assert output.metadata["error_type"] == "stageflow_otel.core.errors.ServiceUnavailableError"
+    assert output.error_type == "stageflow_otel.core.errors.ServiceUnavailableError"
     assert error.original is stage.raised[-1]
     assert error.__cause__ is stage.raised[-1]
     assert str(error) == "stage 's' failed after 3 attempts: down"
@@ -242,7 +242,7 @@ async def test_a_final_retry_output_becomes_a_fail() -> None:
     assert output.status is StageStatus.FAIL
     assert output.error == "stage 's' failed after 3 attempts: still busy"
     assert output.metadata["attempts"] == 3
-    assert output.metadata["error_type"] == "_OTHER"
+    assert output.error_type == "_OTHER"
 
 
 async def test_retry_on_status_false_leaves_a_retry_output_alone() -> None:
@@ -253,7 +253,7 @@ async def test_retry_on_status_false_leaves_a_retry_output_alone() -> None:
 
     assert stage.calls == 1
     # The executor's own message for a RETRY that no retry policy handled.
-    assert error.results["s"].metadata["error_type"] == "stageflow.unhandled_retry"
+    assert error.results["s"].error_type == "stageflow.unhandled_retry"
 
 
 async def test_skip_and_cancel_are_not_retried() -> None:
@@ -513,19 +513,23 @@ async def test_a_stage_over_its_timeout_fails_like_a_spec_timeout() -> None:
     assert isinstance(output.exception, StageTimeoutError)
     assert output.exception.timeout_s == 0.01
     assert output.error == "stage 's' timed out after 0.01s"
-    assert dict(output.metadata) == {
-        "error_type": "stageflow.timeout",
-        "error_code": "TIMEOUT",
-        "interceptor": "timeout",
-    }
+    assert dict(output.metadata) == {"error_code": "TIMEOUT"}
+    assert (output.error_type, output.timed_out, output.failed_by) == (
+        "stageflow.timeout",
+        True,
+        "timeout",
+    )
 
     spec_timeout = await run_failing(
         Pipeline("p").with_stage("s", hang, timeout=0.01).build(hooks=[])
     )
-    assert dict(spec_timeout.results["s"].metadata) == {
-        "error_type": "stageflow.timeout",
-        "error_code": "TIMEOUT",
-    }
+    spec_output = spec_timeout.results["s"]
+    assert dict(spec_output.metadata) == {"error_code": "TIMEOUT"}
+    assert (spec_output.error_type, spec_output.timed_out, spec_output.failed_by) == (
+        "stageflow.timeout",
+        True,
+        None,
+    )
 
 
 async def test_per_stage_timeouts_override_the_default() -> None:
