@@ -79,9 +79,10 @@ class OverflowPolicy:
         change it.
 
         Returns:
-            ``None`` to drop ``event``; or the index in ``queued`` of the event to evict, after
-            which ``event`` is queued at the end. A policy that raises or returns anything else
-            is logged once and replaced by :class:`DropNewest`.
+            ``None`` to drop ``event``; or the index in ``queued`` of the event to evict (a
+            negative one counts from the end), after which ``event`` is queued at the end. A
+            policy that raises or returns anything else is logged once and replaced by
+            :class:`DropNewest`.
         """
         return None
 
@@ -205,6 +206,7 @@ class EventQueue:
         self.capacity = capacity
         self.batch_size = batch_size
         self.policy = policy
+        self._on_full = policy.on_full
         # What the policy's drops are reported as, even if a failing policy is replaced.
         self.drop_result = policy.result
         self.name = name
@@ -293,23 +295,29 @@ class EventQueue:
             result = DROPPED_SHUTDOWN
             self.dropped_shutdown += 1
         else:
-            policy = self.policy
             result = self.drop_result
             self.dropped_queue_full += 1
             events = self.events
+            index: int | None = None
             try:
-                index = policy.on_full(event, events)
-                if index is not None and not (type(index) is int and 0 <= index < len(events)):
-                    raise ValueError(
+                index = self._on_full(event, events)
+                if index is not None:
+                    evicted = events[index]  # raises unless an index of the queue
+                    if index < 0:
+                        index += len(events)
+            except Exception as exc:
+                error = exc
+                if index is not None:
+                    error = ValueError(
                         f"on_full returned {describe(index)}; return None (drop the offered "
                         f"event) or an index of the queue, 0 to {len(events) - 1}"
                     )
-            except Exception as exc:
-                error, index = exc, None
+                index = None
                 self.policy = DropNewest()
+                self._on_full = self.policy.on_full
             if index is not None:
-                evicted = events[index]
-                self.lost_locked(self.removed + index)
+                if self.flushes:
+                    self.lost_locked(self.removed + index)
                 if index:
                     del events[index]
                     self.evicted_inside += 1

@@ -363,7 +363,26 @@ class Broken(OverflowPolicy):
         return self.answer  # type: ignore[return-value]
 
 
-@pytest.mark.parametrize("answer", [RuntimeError("bug"), 7, "0", True], ids=repr)
+async def test_a_negative_index_counts_from_the_end_of_the_queue(
+    sinks: list[BackpressureAwareEventSink],
+) -> None:
+    exporter = StalledExporter()
+    listener = RecordingListener()
+    sink = make(
+        sinks, exporter, max_queue_size=3, max_batch_size=1, policy=Broken(-1), listener=listener
+    )
+    plug(sink, exporter, 1)
+    for event in ("a", "b", "c", "d", "e"):
+        sink.try_emit(type=event, data={})  # d evicts c, then e evicts d
+
+    assert listener.dropped == ["c", "d"]
+    exporter.release.set()
+    assert sink.force_flush(timeout=HANG)
+    assert exporter.types == ["plug0", "a", "b", "e"]
+    assert sink.statistics().emitted == 6
+
+
+@pytest.mark.parametrize("answer", [RuntimeError("bug"), 7, -3, "0", 1.0], ids=repr)
 async def test_a_failing_policy_is_logged_once_and_replaced_by_drop_newest(
     sinks: list[BackpressureAwareEventSink], caplog: pytest.LogCaptureFixture, answer: object
 ) -> None:
