@@ -9,9 +9,12 @@ from __future__ import annotations
 from .backpressure import BackpressureAwareEventSink as BackpressureAwareEventSink
 from .backpressure import BackpressureStatistics as BackpressureStatistics
 from .backpressure import BatchExporter as BatchExporter
-from .backpressure import ExportListener as ExportListener
+from .backpressure import Block as Block
+from .backpressure import DropNewest as DropNewest
+from .backpressure import DropOldest as DropOldest
 from .backpressure import OverflowPolicy as OverflowPolicy
 from .backpressure import QueuedEvent as QueuedEvent
+from .backpressure import SinkListener as SinkListener
 from .cancellation import CancellationToken as CancellationToken
 from .cancellation import CleanupRegistry as CleanupRegistry
 from .cancellation import CleanupReport as CleanupReport
@@ -97,6 +100,7 @@ __all__ = (
     "BackpressureStatistics",
     "BaseInterceptor",
     "BatchExporter",
+    "Block",
     "CallNext",
     "CancellationToken",
     "ChildRunStatistics",
@@ -112,8 +116,9 @@ __all__ = (
     "ContextBag",
     "CycleDetectedError",
     "DataConflictError",
+    "DropNewest",
+    "DropOldest",
     "EventSink",
-    "ExportListener",
     "ExtensionRegistry",
     "FailureMode",
     "FanOutEventSink",
@@ -147,6 +152,7 @@ __all__ = (
     "RunProgress",
     "ServiceUnavailableError",
     "SinkClosedError",
+    "SinkListener",
     "Stage",
     "StageArtifact",
     "StageCall",

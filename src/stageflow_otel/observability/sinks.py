@@ -18,7 +18,8 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
 
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord, SeverityNumber
@@ -35,7 +36,14 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from stageflow_otel._version import package_version
-from stageflow_otel.core.backpressure import BackpressureAwareEventSink, QueuedEvent
+from stageflow_otel.core.backpressure import (
+    BackpressureAwareEventSink,
+    BackpressureStatistics,
+    OverflowPolicy,
+    PolicyName,
+    QueuedEvent,
+    SinkListener,
+)
 from stageflow_otel.core.events import Event
 
 from .config import ERROR_EVENTS, EventSelection
@@ -389,8 +397,43 @@ class _LogRecordExport:
             self.exporter.shutdown()  # type: ignore[no-untyped-call]
 
 
-class OtelLogEventSink(BackpressureAwareEventSink):
+class _SinkMetrics(SinkListener):
+    """The ``stageflow_sink_*`` metrics of one sink, fed as its listener."""
+
+    def __init__(self, metrics: StageflowMetrics, name: str) -> None:
+        self._metrics = metrics
+        self._name = name
+        self._counts: dict[str, Any] = {}
+        self._duration = metrics.sink_export_duration.labels(name)
+
+    def watch(self, sink: BackpressureAwareEventSink) -> None:
+        """Report ``sink``'s queue: its results (each series from 0), capacity and size."""
+        metrics, name = self._metrics, self._name
+        for result in sink.results:
+            self._counts[result] = metrics.sink_events.labels(name, result)
+        metrics.sink_queue_capacity.labels(name).set(sink.statistics().capacity)
+        metrics.sink_queue_size.labels(name).set_function(
+            lambda: float(sink.statistics().queue_size)
+        )
+
+    def on_result(self, result: str, count: int) -> None:
+        """Count ``count`` events under ``result``."""
+        counter = self._counts.get(result)
+        if counter is None:
+            counter = self._counts[result] = self._metrics.sink_events.labels(self._name, result)
+        counter.inc(count)
+
+    def on_export(self, duration_s: float, count: int, ok: bool) -> None:
+        """Observe the export's duration."""
+        self._duration.observe(duration_s)
+
+
+class OtelLogEventSink:
     """Lifecycle events as OpenTelemetry log records, behind a backpressure queue.
+
+    The queue is a :class:`~stageflow_otel.core.backpressure.BackpressureAwareEventSink` of
+    its own, whose downstream turns each batch of events into log records on the worker
+    thread; this sink selects the events that go in and feeds its metrics.
 
     Args:
         exporter: A ``LogRecordExporter`` (``OTLPLogExporter``, ``ConsoleLogRecordExporter``,
@@ -402,8 +445,23 @@ class OtelLogEventSink(BackpressureAwareEventSink):
         events: Which events to export (an :class:`~stageflow_otel.observability.config.EventSelection`,
             or ``"all"``, ``"errors"``, ``"none"`` or event types); the others are ignored
             before they reach the queue.
-        **options: Queue settings of ``BackpressureAwareEventSink`` (``max_queue_size``,
-            ``max_batch_size``, ``flush_interval``, ``policy``, ``export_timeout``, ...).
+        max_queue_size: Queue capacity, in events.
+        max_batch_size: Most records per export (default 512, or ``max_queue_size`` when
+            that is smaller).
+        flush_interval: Seconds between exports of a partial batch.
+        policy: What a full queue does: an :class:`~stageflow_otel.core.OverflowPolicy`
+            (``DropNewest()``, ``DropOldest()``, ``Block(timeout=...)``, your own) or the name
+            of a built-in.
+        block_timeout: Seconds ``await emit()`` waits for room under ``policy="block"``.
+        export_timeout: Seconds one export may take.
+        max_retries: Retries of a failed export.
+        retry_base_delay: First backoff delay in seconds.
+        warn_interval: Least seconds between two warnings about drops or failed exports.
+        exit_timeout: Seconds the queue may take to export at interpreter exit; ``None``: no
+            drain at exit.
+
+    The queue settings mean what they mean for
+    :class:`~stageflow_otel.core.backpressure.BackpressureAwareEventSink`.
     """
 
     def __init__(
@@ -415,55 +473,104 @@ class OtelLogEventSink(BackpressureAwareEventSink):
         metrics: StageflowMetrics | None = None,
         name: str = "otel_logs",
         events: EventSelection | str | Sequence[str] = "all",
-        **options: Any,
+        max_queue_size: int = 2048,
+        max_batch_size: int | None = None,
+        flush_interval: float = 1.0,
+        policy: OverflowPolicy | PolicyName = "drop_newest",
+        block_timeout: float | None = None,
+        export_timeout: float = 10.0,
+        max_retries: int = 3,
+        retry_base_delay: float = 0.05,
+        warn_interval: float = 10.0,
+        exit_timeout: float | None = 5.0,
     ) -> None:
         if exporter is None and logger_provider is None:
             raise ValueError("OtelLogEventSink needs an exporter or a logger_provider")
         self.events = events if isinstance(events, EventSelection) else EventSelection.parse(events)
-        if not self.events.everything:
-            # Shadows the methods on this instance only: with every event selected, emitting
-            # costs no extra call.
-            self.try_emit_event = self._try_emit_selected  # type: ignore[method-assign]
-        if metrics is not None:
-            counter = metrics.sink_events
-            children = {
-                result: counter.labels(name, result)
-                for result in (
-                    "exported",
-                    "dropped_queue_full",
-                    "dropped_shutdown",
-                    "export_failed",
-                )
-            }
-            duration = metrics.sink_export_duration.labels(name)
-
-            def listener(result: str, count: int) -> None:
-                child = children.get(result)
-                if child is not None:
-                    child.inc(count)
-
-            def on_export(duration_s: float, count: int, ok: bool) -> None:
-                duration.observe(duration_s)
-
-            options.setdefault("listener", listener)
-            options.setdefault("on_export", on_export)
-        super().__init__(
-            _LogRecordExport(exporter, logger_provider, resource), name=name, **options
+        self.name = name
+        listener = None if metrics is None else _SinkMetrics(metrics, name)
+        self._sink = BackpressureAwareEventSink(
+            _LogRecordExport(exporter, logger_provider, resource),
+            max_queue_size=max_queue_size,
+            max_batch_size=max_batch_size,
+            flush_interval=flush_interval,
+            policy=policy,
+            block_timeout=block_timeout,
+            export_timeout=export_timeout,
+            max_retries=max_retries,
+            retry_base_delay=retry_base_delay,
+            name=name,
+            listener=listener,
+            warn_interval=warn_interval,
+            exit_timeout=exit_timeout,
         )
-        if metrics is not None:
-            metrics.sink_queue_capacity.labels(name).set(self.statistics().capacity)
-            metrics.sink_queue_size.labels(name).set_function(
-                lambda: float(self.statistics().queue_size)
-            )
+        # With every event selected, a producer calls the queue itself: no extra call.
+        self.try_emit_event = (  # type: ignore[method-assign]
+            self._sink.try_emit_event if self.events.everything else self._try_emit_selected
+        )
+        if listener is not None:
+            listener.watch(self._sink)
+
+    def __repr__(self) -> str:
+        return f"OtelLogEventSink({self.name!r}, events={self.events!r})"
+
+    @property
+    def results(self) -> tuple[str, ...]:
+        """Every result the queue reports (the ``result`` label of its metrics)."""
+        return self._sink.results
+
+    def try_emit(self, *, type: str, data: Mapping[str, Any]) -> None:
+        """Queue the event if it is one of :attr:`events`; never waits, never raises."""
+        self.try_emit_event(Event.from_payload(type, data))
+
+    def try_emit_event(self, event: Event) -> None:
+        """:meth:`try_emit` for a typed event (what the executor sends)."""
+        self._try_emit_selected(event)
 
     def _try_emit_selected(self, event: Event) -> None:
         if event.type in self.events:
-            BackpressureAwareEventSink.try_emit_event(self, event)
+            self._sink.try_emit_event(event)
 
     async def emit(self, *, type: str, data: Mapping[str, Any]) -> None:
-        """Queue the event if it is one of :attr:`events` (see ``BackpressureAwareEventSink``)."""
+        """Queue the event if it is one of :attr:`events`, waiting for room if the policy says."""
         if type in self.events:
-            await super().emit(type=type, data=data)
+            await self._sink.emit(type=type, data=data)
+
+    def start(self) -> None:
+        """Start the export thread (emitting starts it too)."""
+        self._sink.start()
+
+    def force_flush(self, timeout: float = 30.0) -> bool:
+        """Export every event queued before this call, waiting at most ``timeout`` seconds."""
+        return self._sink.force_flush(timeout)
+
+    async def aflush(self, timeout: float = 30.0) -> bool:
+        """:meth:`force_flush` on a worker thread, so the event loop keeps running."""
+        return await self._sink.aflush(timeout)
+
+    def shutdown(self, timeout: float = 30.0) -> bool:
+        """Export what is queued and stop, within ``timeout`` seconds; shuts the exporter down."""
+        return self._sink.shutdown(timeout)
+
+    async def aclose(self, timeout: float = 30.0) -> bool:
+        """:meth:`shutdown` on a worker thread, so the event loop keeps running."""
+        return await self._sink.aclose(timeout)
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def statistics(self) -> BackpressureStatistics:
+        """A snapshot of the queue and its counters."""
+        return self._sink.statistics()
 
 
 class SpanEventSink:

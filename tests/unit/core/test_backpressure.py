@@ -20,12 +20,18 @@ from stageflow_otel.core import (
     BackpressureAwareEventSink,
     BackpressureStatistics,
     BatchExporter,
+    Block,
     CollectingEventSink,
+    DropNewest,
+    DropOldest,
+    OverflowPolicy,
     Pipeline,
     QueuedEvent,
+    SinkListener,
     StageContext,
     StageReturn,
 )
+from tests.support.servers import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -97,6 +103,29 @@ class FlakyExporter(RecordingExporter):
         return super().export(batch)
 
 
+class RecordingListener(SinkListener):
+    """Records what the sink tells it: results, exports ``(duration, count, ok)``, drops."""
+
+    def __init__(self) -> None:
+        self.results: list[tuple[str, int]] = []
+        self.exports: list[tuple[float, int, bool]] = []
+        self.dropped: list[str] = []
+
+    def on_result(self, result: str, count: int) -> None:
+        self.results.append((result, count))
+
+    def on_export(self, duration_s: float, count: int, ok: bool) -> None:
+        self.exports.append((duration_s, count, ok))
+
+    def on_drop(self, event: QueuedEvent) -> None:
+        self.dropped.append(event.type)
+
+    @property
+    def outcomes(self) -> list[tuple[int, bool]]:
+        """Each export as ``(count, ok)``."""
+        return [(count, ok) for _, count, ok in self.exports]
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -146,14 +175,8 @@ async def test_drop_newest_keeps_the_first_events_and_counts_the_rest(
     sinks: list[BackpressureAwareEventSink],
 ) -> None:
     exporter = StalledExporter()
-    dropped: list[str] = []
-    sink = make(
-        sinks,
-        exporter,
-        max_queue_size=4,
-        max_batch_size=4,
-        on_drop=lambda type, data: dropped.append(type),
-    )
+    listener = RecordingListener()
+    sink = make(sinks, exporter, max_queue_size=4, max_batch_size=4, listener=listener)
     plug(sink, exporter, 4)
 
     for i in range(10):
@@ -161,7 +184,7 @@ async def test_drop_newest_keeps_the_first_events_and_counts_the_rest(
 
     stats = sink.statistics()
     assert (stats.queue_size, stats.dropped_queue_full, stats.emitted) == (4, 6, 8)
-    assert dropped == ["e4", "e5", "e6", "e7", "e8", "e9"]
+    assert listener.dropped == ["e4", "e5", "e6", "e7", "e8", "e9"]
     exporter.release.set()
     assert sink.force_flush(timeout=HANG)
     assert exporter.types == [*PLUG, "e0", "e1", "e2", "e3"]
@@ -172,14 +195,9 @@ async def test_drop_oldest_keeps_the_newest_events(
     sinks: list[BackpressureAwareEventSink],
 ) -> None:
     exporter = StalledExporter()
-    dropped: list[str] = []
+    listener = RecordingListener()
     sink = make(
-        sinks,
-        exporter,
-        max_queue_size=4,
-        max_batch_size=4,
-        policy="drop_oldest",
-        on_drop=lambda type, data: dropped.append(type),
+        sinks, exporter, max_queue_size=4, max_batch_size=4, policy="drop_oldest", listener=listener
     )
     plug(sink, exporter, 4)
 
@@ -188,19 +206,22 @@ async def test_drop_oldest_keeps_the_newest_events(
 
     stats = sink.statistics()
     assert (stats.queue_size, stats.dropped_queue_full) == (4, 6)
-    assert dropped == ["e0", "e1", "e2", "e3", "e4", "e5"]
+    assert listener.dropped == ["e0", "e1", "e2", "e3", "e4", "e5"]
     exporter.release.set()
     assert sink.force_flush(timeout=HANG)
     assert exporter.types == [*PLUG, "e6", "e7", "e8", "e9"]
 
 
+@pytest.mark.parametrize(
+    "policy",
+    [{"policy": "block", "block_timeout": 0.05}, {"policy": Block(timeout=0.05)}],
+    ids=["named", "object"],
+)
 async def test_block_policy_emit_waits_then_times_out_and_counts(
-    sinks: list[BackpressureAwareEventSink],
+    sinks: list[BackpressureAwareEventSink], policy: dict[str, Any]
 ) -> None:
     exporter = StalledExporter()
-    sink = make(
-        sinks, exporter, max_queue_size=2, max_batch_size=2, policy="block", block_timeout=0.05
-    )
+    sink = make(sinks, exporter, max_queue_size=2, max_batch_size=2, **policy)
     plug(sink, exporter, 2)
     await sink.emit(type="a", data={})
     await sink.emit(type="b", data={})
@@ -261,6 +282,128 @@ async def test_block_policy_emit_is_cancellable(sinks: list[BackpressureAwareEve
     assert scope.cancelled_caught
     stats = sink.statistics()
     assert (stats.queue_size, stats.dropped_queue_full) == (1, 0)
+
+
+def test_policy_names_are_the_built_in_policy_objects(
+    sinks: list[BackpressureAwareEventSink],
+) -> None:
+    exporter = RecordingExporter()
+    newest = make(sinks, exporter)
+    oldest = make(sinks, exporter, policy="drop_oldest")
+    block = make(sinks, exporter, policy="block", block_timeout=0.5)
+    mine = DropOldest()
+
+    assert type(newest.policy) is DropNewest
+    assert type(oldest.policy) is DropOldest
+    assert isinstance(block.policy, Block)
+    assert block.policy.wait == 0.5
+    assert make(sinks, exporter, policy=mine).policy is mine
+    assert [s.statistics().policy for s in (newest, oldest, block)] == [
+        "drop_newest",
+        "drop_oldest",
+        "block",
+    ]
+    assert repr(block.policy) == "Block(timeout=0.5)"
+    assert newest.results == ("exported", "dropped_queue_full", "dropped_shutdown", "export_failed")
+
+
+class DropDebugFirst(OverflowPolicy):
+    """A full queue evicts its oldest ``debug.*`` event; without one, drops the offered one."""
+
+    result = "dropped_debug"
+
+    def on_full(self, event: QueuedEvent, queued: Sequence[QueuedEvent]) -> int | None:
+        for index, waiting in enumerate(queued):
+            if waiting.type.startswith("debug."):
+                return index
+        return None
+
+
+async def test_a_custom_policy_chooses_what_a_full_queue_drops(
+    sinks: list[BackpressureAwareEventSink],
+) -> None:
+    exporter = StalledExporter()
+    listener = RecordingListener()
+    sink = make(
+        sinks,
+        exporter,
+        max_queue_size=4,
+        max_batch_size=4,
+        policy=DropDebugFirst(),
+        listener=listener,
+    )
+    plug(sink, exporter, 4)
+    for event in ("a", "debug.1", "b", "debug.2"):
+        sink.try_emit(type=event, data={})
+
+    sink.try_emit(type="c", data={})  # evicts debug.1, from the middle of the queue
+    await sink.emit(type="d", data={})  # evicts debug.2
+    sink.try_emit(type="e", data={})  # no debug event left: e is dropped
+
+    assert listener.dropped == ["debug.1", "debug.2", "e"]
+    assert listener.results == [("dropped_debug", 1)] * 3
+    stats = sink.statistics()
+    assert (stats.policy, stats.queue_size, stats.dropped_queue_full) == ("DropDebugFirst", 4, 3)
+    assert stats.emitted == 4 + 6  # the plug, a, debug.1, b, debug.2, c, d
+    exporter.release.set()
+    assert sink.force_flush(timeout=HANG)
+    assert exporter.types == [*PLUG, "a", "b", "c", "d"]
+    assert sink.statistics().exported == 8
+    assert "dropped_debug" in sink.results
+    assert "dropped_queue_full" not in sink.results
+
+
+class Broken(OverflowPolicy):
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    def on_full(self, event: QueuedEvent, queued: Sequence[QueuedEvent]) -> int | None:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer  # type: ignore[return-value]
+
+
+async def test_a_negative_index_counts_from_the_end_of_the_queue(
+    sinks: list[BackpressureAwareEventSink],
+) -> None:
+    exporter = StalledExporter()
+    listener = RecordingListener()
+    sink = make(
+        sinks, exporter, max_queue_size=3, max_batch_size=1, policy=Broken(-1), listener=listener
+    )
+    plug(sink, exporter, 1)
+    for event in ("a", "b", "c", "d", "e"):
+        sink.try_emit(type=event, data={})  # d evicts c, then e evicts d
+
+    assert listener.dropped == ["c", "d"]
+    exporter.release.set()
+    assert sink.force_flush(timeout=HANG)
+    assert exporter.types == ["plug0", "a", "b", "e"]
+    assert sink.statistics().emitted == 6
+
+
+@pytest.mark.parametrize("answer", [RuntimeError("bug"), 7, -3, "0", 1.0], ids=repr)
+async def test_a_failing_policy_is_logged_once_and_replaced_by_drop_newest(
+    sinks: list[BackpressureAwareEventSink], caplog: pytest.LogCaptureFixture, answer: object
+) -> None:
+    exporter = StalledExporter()
+    sink = make(sinks, exporter, max_queue_size=2, max_batch_size=1, policy=Broken(answer))
+    plug(sink, exporter, 1)
+    sink.try_emit(type="a", data={})
+    sink.try_emit(type="b", data={})
+
+    with caplog.at_level(logging.ERROR, logger=LOGGER):
+        for _ in range(3):
+            sink.try_emit(type="late", data={})  # never raises
+
+    errors = [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "overflow policy" in errors[0].getMessage()
+    stats = sink.statistics()
+    assert (stats.policy, stats.dropped_queue_full, stats.queue_size) == ("drop_newest", 3, 2)
+    exporter.release.set()
+    assert sink.force_flush(timeout=HANG)
+    assert exporter.types == ["plug0", "a", "b"]
 
 
 # -- batching --------------------------------------------------------------------------------
@@ -339,16 +482,8 @@ async def test_a_failing_export_is_retried_then_counted_as_failed(
     sinks: list[BackpressureAwareEventSink],
 ) -> None:
     exporter = FlakyExporter(failures=1000)
-    results: list[tuple[str, int]] = []
-    exports: list[tuple[int, bool]] = []
-    sink = make(
-        sinks,
-        exporter,
-        max_retries=2,
-        retry_base_delay=0.001,
-        listener=lambda result, count: results.append((result, count)),
-        on_export=lambda duration, count, ok: exports.append((count, ok)),
-    )
+    listener = RecordingListener()
+    sink = make(sinks, exporter, max_retries=2, retry_base_delay=0.001, listener=listener)
 
     for i in range(5):
         sink.try_emit(type=f"e{i}", data={})
@@ -357,8 +492,8 @@ async def test_a_failing_export_is_retried_then_counted_as_failed(
     stats = sink.statistics()
     assert (stats.export_failed, stats.exported, stats.export_retries) == (5, 0, 2)
     assert exporter.calls == 3
-    assert results == [("export_failed", 5)]
-    assert exports == [(5, False)]
+    assert listener.results == [("export_failed", 5)]
+    assert listener.outcomes == [(5, False)]
 
 
 async def test_a_flaky_export_succeeds_on_retry(sinks: list[BackpressureAwareEventSink]) -> None:
@@ -396,14 +531,9 @@ async def test_a_stalled_export_times_out_and_counts_as_failed(
     sinks: list[BackpressureAwareEventSink],
 ) -> None:
     exporter = StalledExporter()
-    exports: list[tuple[int, bool]] = []
+    listener = RecordingListener()
     sink = make(
-        sinks,
-        exporter,
-        max_batch_size=2,
-        export_timeout=0.02,
-        max_retries=3,
-        on_export=lambda duration, count, ok: exports.append((count, ok)),
+        sinks, exporter, max_batch_size=2, export_timeout=0.02, max_retries=3, listener=listener
     )
 
     sink.try_emit(type="a", data={})
@@ -413,7 +543,7 @@ async def test_a_stalled_export_times_out_and_counts_as_failed(
     stats = sink.statistics()
     # Counted at the deadline and never retried: the abandoned call may still complete.
     assert (stats.export_failed, stats.export_retries, stats.in_flight) == (2, 0, 0)
-    assert exports == [(2, False)]
+    assert listener.outcomes == [(2, False)]
     exporter.release.set()
     sink.try_emit(type="c", data={})
     assert sink.force_flush(timeout=HANG)  # the worker goes on once the call returns
@@ -439,13 +569,8 @@ async def test_shutdown_honours_its_timeout_and_drops_what_is_queued(
     sinks: list[BackpressureAwareEventSink],
 ) -> None:
     exporter = StalledExporter()
-    results: list[tuple[str, int]] = []
-    sink = make(
-        sinks,
-        exporter,
-        max_batch_size=2,
-        listener=lambda result, count: results.append((result, count)),
-    )
+    listener = RecordingListener()
+    sink = make(sinks, exporter, max_batch_size=2, listener=listener)
     plug(sink, exporter, 2)
     for i in range(3):
         sink.try_emit(type=f"e{i}", data={})
@@ -456,7 +581,7 @@ async def test_shutdown_honours_its_timeout_and_drops_what_is_queued(
     stats = sink.statistics()
     assert (stats.closed, stats.queue_size, stats.dropped_shutdown) == (True, 0, 3)
     assert (stats.in_flight, stats.export_failed) == (0, 2)
-    assert results == [("dropped_shutdown", 3), ("export_failed", 2)]
+    assert listener.results == [("dropped_shutdown", 3), ("export_failed", 2)]
 
 
 async def test_shutdown_exports_everything_then_shuts_the_exporter_down(
@@ -587,50 +712,149 @@ async def test_statistics_is_a_frozen_snapshot(sinks: list[BackpressureAwareEven
     assert after.dropped == 0
 
 
-async def test_listener_and_on_export_see_every_outcome(
+async def test_the_listener_sees_every_outcome(
     sinks: list[BackpressureAwareEventSink],
 ) -> None:
     exporter = StalledExporter()
-    results: list[tuple[str, int]] = []
-    exports: list[tuple[float, int, bool]] = []
-    sink = make(
-        sinks,
-        exporter,
-        max_queue_size=2,
-        max_batch_size=2,
-        listener=lambda result, count: results.append((result, count)),
-        on_export=lambda duration, count, ok: exports.append((duration, count, ok)),
-    )
+    listener = RecordingListener()
+    sink = make(sinks, exporter, max_queue_size=2, max_batch_size=2, listener=listener)
     plug(sink, exporter, 2)
     for i in range(3):
         sink.try_emit(type=f"e{i}", data={})
     exporter.release.set()
     assert sink.force_flush(timeout=HANG)
 
-    assert results == [("dropped_queue_full", 1), ("exported", 2), ("exported", 2)]
-    assert [(count, ok) for _, count, ok in exports] == [(2, True), (2, True)]
-    assert all(duration >= 0 for duration, _, _ in exports)
+    assert listener.results == [("dropped_queue_full", 1), ("exported", 2), ("exported", 2)]
+    assert listener.outcomes == [(2, True), (2, True)]
+    assert all(duration >= 0 for duration, _, _ in listener.exports)
+    assert listener.dropped == ["e2"]
 
 
-async def test_a_raising_callback_is_disabled_and_export_goes_on(
+class RaisingListener(SinkListener):
+    """Raises from ``raising_hook``; records every call."""
+
+    def __init__(self, raising_hook: str) -> None:
+        self.raising_hook = raising_hook
+        self.calls: list[str] = []
+
+    def _called(self, hook: str) -> None:
+        self.calls.append(hook)
+        if hook == self.raising_hook:
+            raise RuntimeError("metrics backend down")
+
+    def on_result(self, result: str, count: int) -> None:
+        self._called("on_result")
+
+    def on_export(self, duration_s: float, count: int, ok: bool) -> None:
+        self._called("on_export")
+
+    def on_drop(self, event: QueuedEvent) -> None:
+        self._called("on_drop")
+
+
+def listener_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno >= logging.ERROR
+    ]
+
+
+async def test_a_raising_listener_is_removed_after_one_logged_error_and_export_goes_on(
     sinks: list[BackpressureAwareEventSink], caplog: pytest.LogCaptureFixture
 ) -> None:
     exporter = RecordingExporter()
-    calls: list[str] = []
-
-    def listener(result: str, count: int) -> None:
-        calls.append(result)
-        raise RuntimeError("metrics backend down")
-
+    listener = RaisingListener("on_result")
     sink = make(sinks, exporter, max_batch_size=1, listener=listener)
     with caplog.at_level(logging.ERROR, logger=LOGGER):
         for i in range(3):
             sink.try_emit(type=f"e{i}", data={})
         assert sink.force_flush(timeout=HANG)
 
-    assert calls == ["exported"]
+    assert listener.calls == ["on_result"]  # not even the on_export of the same export
     assert exporter.types == ["e0", "e1", "e2"]
-    assert any("listener" in r.getMessage() for r in caplog.records)
+    (error,) = listener_errors(caplog)
+    assert "listener" in error
+    assert "on_result" in error
+    assert sink.statistics().exported == 3
+
+
+async def test_a_listener_raising_on_a_drop_never_reaches_the_producer(
+    sinks: list[BackpressureAwareEventSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    exporter = StalledExporter()
+    listener = RaisingListener("on_drop")
+    sink = make(sinks, exporter, max_queue_size=1, max_batch_size=1, listener=listener)
+    plug(sink, exporter, 1)
+    sink.try_emit(type="queued", data={})
+
+    with caplog.at_level(logging.ERROR, logger=LOGGER):
+        for _ in range(5):
+            sink.try_emit(type="dropped", data={})  # would raise into the producer
+            await sink.emit(type="dropped", data={})
+
+    assert listener.calls == ["on_result", "on_drop"]
+    assert len(listener_errors(caplog)) == 1
+    assert sink.statistics().dropped_queue_full == 10
+
+
+async def test_statistics_match_what_the_listener_saw(
+    sinks: list[BackpressureAwareEventSink],
+) -> None:
+    exporter = StalledExporter()
+    listener = RecordingListener()
+    sink = make(
+        sinks,
+        exporter,
+        max_queue_size=4,
+        max_batch_size=2,
+        export_timeout=0.05,
+        max_retries=0,
+        listener=listener,
+    )
+    plug(sink, exporter, 2)  # abandoned at the export timeout: export_failed
+    for i in range(6):  # 4 queued, 2 dropped
+        sink.try_emit(type=f"e{i}", data={})
+    wait_until(lambda: sink.statistics().export_failed == 2, HANG, 0.005, what="abandoned")
+    exporter.release.set()
+    assert sink.force_flush(timeout=HANG)  # the 4 queued ones are exported
+    assert sink.shutdown(timeout=HANG)
+    sink.try_emit(type="late", data={})  # dropped_shutdown
+
+    seen: dict[str, int] = {}
+    for result, count in listener.results:
+        seen[result] = seen.get(result, 0) + count
+    stats = sink.statistics()
+    assert seen == {
+        "exported": stats.exported,
+        "export_failed": stats.export_failed,
+        "dropped_queue_full": stats.dropped_queue_full,
+        "dropped_shutdown": stats.dropped_shutdown,
+    }
+    assert (stats.exported, stats.export_failed) == (4, 2)
+    assert (stats.dropped_queue_full, stats.dropped_shutdown) == (2, 1)
+    assert set(seen) == set(sink.results)
+    assert sum(count for _, count, _ in listener.exports) == stats.exported + stats.export_failed
+    assert len(listener.exports) == stats.export_batches
+    assert listener.dropped == ["e4", "e5", "late"]
+
+
+async def test_a_listener_may_override_only_the_hooks_it_needs(
+    sinks: list[BackpressureAwareEventSink],
+) -> None:
+    class Counting(SinkListener):
+        def __init__(self) -> None:
+            self.exported = 0
+
+        def on_result(self, result: str, count: int) -> None:
+            if result == "exported":
+                self.exported += count
+
+    listener = Counting()
+    sink = make(sinks, RecordingExporter(), listener=listener)
+    for i in range(3):
+        sink.try_emit(type=f"e{i}", data={})
+
+    assert sink.force_flush(timeout=HANG)
+    assert listener.exported == 3
 
 
 # -- threads, construction, fork -------------------------------------------------------------

@@ -18,10 +18,12 @@ import pytest
 
 from stageflow_otel.core import (
     BackpressureAwareEventSink,
+    Block,
     CancellationToken,
     CircuitBreakerInterceptor,
     CleanupRegistry,
     CollectingEventSink,
+    DropOldest,
     FanOutEventSink,
     IdempotencyInterceptor,
     LoggingEventSink,
@@ -426,6 +428,25 @@ CONSTRUCTORS = [
         ("policy", "None", "'drop_newest'"),
     ),
     Case(
+        "bp-policy-class",
+        calling(BackpressureAwareEventSink, CollectingEventSink(), policy=DropOldest),
+        ValueError,
+        ("policy", "OverflowPolicy", "DropOldest()"),
+    ),
+    Case(
+        "bp-policy-object-block-timeout",
+        calling(BackpressureAwareEventSink, CollectingEventSink(), policy=Block(), block_timeout=2),
+        ValueError,
+        ("block_timeout", "Block(timeout=2)"),
+    ),
+    Case(
+        "bp-block-timeout",
+        calling(BackpressureAwareEventSink, CollectingEventSink(), policy="block", block_timeout=0),
+        ValueError,
+        ("block_timeout", "0 (int)"),
+    ),
+    Case("block-timeout", calling(Block, timeout=-1), ValueError, ("Block", "timeout", "-1 (int)")),
+    Case(
         "bp-name",
         calling(BackpressureAwareEventSink, CollectingEventSink(), name=""),
         ValueError,
@@ -436,6 +457,12 @@ CONSTRUCTORS = [
         calling(BackpressureAwareEventSink, CollectingEventSink(), listener=5),
         TypeError,
         ("listener", "5 (int)"),
+    ),
+    Case(
+        "bp-listener-function",
+        calling(BackpressureAwareEventSink, CollectingEventSink(), listener=print),
+        TypeError,
+        ("listener", "SinkListener", "on_result(result, count)"),
     ),
     Case(
         "bp-backend",
@@ -738,9 +765,9 @@ def test_the_batch_size_follows_a_small_queue_and_an_explicit_one_is_kept() -> N
         CollectingEventSink(), max_queue_size=10, max_batch_size=3
     )
     try:
-        assert small._max_batch == 10
-        assert large._max_batch == 512
-        assert explicit._max_batch == 3
+        assert small._queue.batch_size == 10
+        assert large._queue.batch_size == 512
+        assert explicit._queue.batch_size == 3
     finally:
         for sink in (small, large, explicit):
             sink.shutdown()

@@ -23,8 +23,9 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from prometheus_client import CollectorRegistry
 
 from stageflow_otel import CollectingEventSink, FanOutEventSink, Pipeline, StageGraph
-from stageflow_otel.core.events import rfc3339_ns
-from stageflow_otel.observability import Telemetry
+from stageflow_otel.core import DropOldest, OverflowPolicy, QueuedEvent
+from stageflow_otel.core.events import Event, rfc3339_ns
+from stageflow_otel.observability import OtelLogEventSink, Telemetry
 from stageflow_otel.observability.sinks import SpanEventSink, event_to_log_record
 from stageflow_otel.testing import InMemoryTelemetry, in_memory_telemetry
 from tests.support.servers import wait_until
@@ -289,6 +290,77 @@ async def test_stalled_exporter_never_hangs_the_pipeline(events: CollectingEvent
     finally:
         exporter.release.set()
         recorded.shutdown()
+
+
+class KeepFailures(OverflowPolicy):
+    """A full queue evicts its oldest event that is not a failure, else drops the offered one."""
+
+    result = "dropped_not_failure"
+
+    def on_full(self, event: QueuedEvent, queued: Sequence[QueuedEvent]) -> int | None:
+        for index, waiting in enumerate(queued):
+            if not waiting.type.endswith(".failed"):
+                return index
+        return None
+
+
+async def test_a_custom_policy_reports_its_drops_under_its_own_result(
+    events: CollectingEventSink,
+) -> None:
+    exporter = StalledExporter()
+    recorded = in_memory_telemetry(
+        event_exporter=exporter,
+        sink_options={"policy": KeepFailures(), "max_queue_size": 2, "max_batch_size": 1},
+    )
+    sink = recorded.telemetry.event_sink
+    assert isinstance(sink, OtelLogEventSink)
+    try:
+        counts = series(recorded.registry, "stageflow_sink_events_total")
+        assert counts["result=dropped_not_failure,sink=otel_logs"] == 0  # a series from the start
+        sink.try_emit(type="plug", data={})
+        wait_until(lambda: exporter.calls == 1, HANG, 0.005, what="the export of the plug")
+
+        await run_graph(checkout(recorded, event_sink=sink), event_sink=events)
+
+        assert len(events.events) == 6
+        stats = sink.statistics()
+        assert (stats.policy, stats.queue_size, stats.dropped_queue_full) == ("KeepFailures", 2, 4)
+        exporter.release.set()
+        assert sink.force_flush(timeout=HANG)
+        counts = series(recorded.registry, "stageflow_sink_events_total")
+        assert counts["result=dropped_not_failure,sink=otel_logs"] == 4
+        assert counts["result=exported,sink=otel_logs"] == 3  # the plug and the two failures
+        assert "result=dropped_queue_full,sink=otel_logs" not in counts
+        assert exporter.calls == 3
+    finally:
+        exporter.release.set()
+        recorded.shutdown()
+
+
+async def test_otel_log_event_sink_queues_only_the_selected_events() -> None:
+    exporter = new_log_exporter()
+    sink = OtelLogEventSink(
+        exporter, events=["stage.failed"], name="failures", max_queue_size=8, policy=DropOldest()
+    )
+    async with sink:
+        sink.try_emit(type="stage.started", data={"stage": "a"})
+        sink.try_emit(type="stage.failed", data={"stage": "a"})
+        await sink.emit(type="stage.completed", data={"stage": "b"})
+        await sink.emit(type="stage.failed", data={"stage": "b"})
+        sink.try_emit_event(Event("stage.started", {"stage": "c"}))
+        sink.try_emit_event(Event("stage.failed", {"stage": "c"}))
+        assert await sink.aflush(timeout=HANG)
+
+    records = [item.log_record for item in exporter.get_finished_logs()]
+    assert [(r.event_name, r.attributes["stage"]) for r in records] == [  # type: ignore[index]
+        ("stage.failed", "a"),
+        ("stage.failed", "b"),
+        ("stage.failed", "c"),
+    ]
+    stats = sink.statistics()
+    assert (stats.name, stats.policy, stats.capacity) == ("failures", "drop_oldest", 8)
+    assert (stats.emitted, stats.exported, stats.closed) == (3, 3, True)
+    assert sink.results == ("exported", "dropped_queue_full", "dropped_shutdown", "export_failed")
 
 
 async def test_span_event_sink_adds_events_to_the_current_span(
