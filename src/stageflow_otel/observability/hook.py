@@ -139,13 +139,20 @@ class TelemetryHook(RunHook):
         for call in calls:
             try:
                 call(*args)
-            except Exception:
-                recorder = getattr(call, "__self__", call)
-                logger.exception(
-                    "telemetry recorder %r raised in %s; it records nothing more", recorder, method
-                )
-                self.recorders = tuple(r for r in self.recorders if r is not recorder)
-                self._resolve()
+            except Exception as error:
+                self._drop(call, method, error)
+
+    def _drop(self, call: Callable[..., None], method: str, error: Exception) -> None:
+        """Leave out the recorder whose ``call`` raised ``error``, for good, and say so once."""
+        recorder = getattr(call, "__self__", call)
+        logger.error(
+            "telemetry recorder %r raised in %s; it records nothing more",
+            recorder,
+            method,
+            exc_info=error,
+        )
+        self.recorders = tuple(r for r in self.recorders if r is not recorder)
+        self._resolve()
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -202,9 +209,11 @@ class TelemetryHook(RunHook):
         record = self.spans.start_stage(run, call)
         token = otel_context.attach(record.context)
         stage_token = current_stage.set(record)
-        started = self._stage_started
-        if started:
-            self._tell("stage_started", started, record, call)
+        for notify in self._stage_started:  # inline, not _tell: this runs for every stage
+            try:
+                notify(record, call)
+            except Exception as error:
+                self._drop(notify, "stage_started", error)
         output: StageOutput | None = None
         try:
             output = await proceed(call)
@@ -222,7 +231,11 @@ class TelemetryHook(RunHook):
             except Exception:
                 logger.exception("recording the span of stage %r failed", call.stage)
             finally:
-                self._tell("stage_ended", self._stage_ended, record, call, outcome)
+                for notify in self._stage_ended:
+                    try:
+                        notify(record, call, outcome)
+                    except Exception as error:
+                        self._drop(notify, "stage_ended", error)
                 current_stage.reset(stage_token)
                 otel_context.detach(token)
 
