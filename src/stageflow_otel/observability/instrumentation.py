@@ -80,11 +80,11 @@ def _configured_logger_provider() -> Any:
 class StageflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """The OpenTelemetry instrumentor of stageflow-otel (a singleton, like every instrumentor).
 
-    ``instrument(**kwargs)`` accepts ``tracer_provider``, ``logger_provider``, ``registry`` and
-    every other :class:`Telemetry` argument, plus ``serve_metrics=True`` to serve ``/metrics``
-    (also ``STAGEFLOW_OTEL_SERVE_METRICS``). A ``meter_provider``, which OpenTelemetry
-    instrumentors commonly take, is accepted and not used: the metrics are Prometheus metrics
-    in ``registry``.
+    ``instrument(**kwargs)`` accepts ``tracer_provider``, ``meter_provider``, ``logger_provider``,
+    ``registry`` and every other :class:`Telemetry` argument, plus ``serve_metrics=True`` to
+    serve ``/metrics`` (also ``STAGEFLOW_OTEL_SERVE_METRICS``). Metrics go through a meter
+    provider only when one is passed: the global one that ``opentelemetry-instrument`` sets
+    up is not used implicitly, so metrics are not recorded twice by default.
     """
 
     _telemetry: Telemetry | None = None
@@ -116,7 +116,6 @@ class StageflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         serve = kwargs.pop("serve_metrics", None)
         kwargs.pop("skip_dep_check", None)
-        kwargs.pop("meter_provider", None)
         telemetry: Telemetry | None = None
         try:
             if kwargs.get("logger_provider") is None:

@@ -25,6 +25,7 @@ from stageflow_otel._version import package_version
 __all__ = (
     "DURATION_BUCKETS",
     "KNOWN_ERROR_TYPES",
+    "LabelGuard",
     "MetricsServeError",
     "MetricsServer",
     "StageSeries",
@@ -71,7 +72,82 @@ def _bounded_error_type(value: str | None, extra: frozenset[str]) -> str:
     return OTHER
 
 
-class StageflowMetrics:
+class LabelGuard:
+    """Bounds metric label values: pipeline names, stage names per pipeline, error types.
+
+    Names beyond the bounds are counted as ``_OTHER``, with one warning per bound, so user
+    data and unbounded names never explode a metrics backend's series count. Shared by the
+    Prometheus metrics and the OpenTelemetry metrics recorder, so both label alike.
+
+    Args:
+        max_stage_names: Distinct stage names per pipeline before ``_OTHER``.
+        max_pipeline_names: Distinct pipeline names before ``_OTHER``.
+        extra_error_types: More ``error_type`` values to keep as labels.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_stage_names: int = 1000,
+        max_pipeline_names: int = 200,
+        extra_error_types: Iterable[str] = (),
+    ) -> None:
+        self.max_stage_names = max_stage_names
+        self.max_pipeline_names = max_pipeline_names
+        self.extra_error_types = frozenset(extra_error_types)
+        self._lock = threading.Lock()
+        self._stage_names: dict[str, set[str]] = {}
+        self._pipeline_names: set[str] = set()
+        self._warned: set[str] = set()
+
+    def pipeline_label(self, pipeline: str) -> str:
+        """The label value for a pipeline name (bounded)."""
+        names = self._pipeline_names
+        if pipeline in names:
+            return pipeline
+        with self._lock:
+            if len(names) < self.max_pipeline_names:
+                names.add(pipeline)
+                return pipeline
+        self._warn_once(
+            "pipeline",
+            "more than %d distinct pipeline names; further ones are counted as _OTHER",
+            self.max_pipeline_names,
+        )
+        return OTHER
+
+    def stage_label(self, pipeline: str, stage: str) -> str:
+        """The label value for a stage name of a pipeline (bounded per pipeline)."""
+        names = self._stage_names.get(pipeline)
+        if names is not None and stage in names:
+            return stage
+        with self._lock:
+            names = self._stage_names.setdefault(pipeline, set())
+            if len(names) < self.max_stage_names:
+                names.add(stage)
+                return stage
+        self._warn_once(
+            f"stage:{pipeline}",
+            "pipeline %r has more than %d distinct stage names; further ones are counted as "
+            "_OTHER (raise max_stage_names if that is intended)",
+            pipeline,
+            self.max_stage_names,
+        )
+        return OTHER
+
+    def error_type_label(self, error_type: str | None) -> str:
+        """The bounded ``error_type`` label value (empty when there was no error)."""
+        return _bounded_error_type(error_type, self.extra_error_types)
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        logger.warning(message, *args)
+
+
+class StageflowMetrics(LabelGuard):
     """Every Prometheus metric of the telemetry contract, registered in ``registry``.
 
     Args:
@@ -89,14 +165,12 @@ class StageflowMetrics:
         max_pipeline_names: int = 200,
         extra_error_types: Iterable[str] = (),
     ) -> None:
+        super().__init__(
+            max_stage_names=max_stage_names,
+            max_pipeline_names=max_pipeline_names,
+            extra_error_types=extra_error_types,
+        )
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.max_stage_names = max_stage_names
-        self.max_pipeline_names = max_pipeline_names
-        self.extra_error_types = frozenset(extra_error_types)
-        self._lock = threading.Lock()
-        self._stage_names: dict[str, set[str]] = {}
-        self._pipeline_names: set[str] = set()
-        self._warned: set[str] = set()
         self._stage_series: dict[tuple[str, str], StageSeries] = {}
         self._interceptor_series: dict[str, Any] = {}
         reg = None  # registered below, all or none
@@ -202,43 +276,6 @@ class StageflowMetrics:
             with contextlib.suppress(KeyError):  # already removed
                 self.registry.unregister(collector)
 
-    # -- label guards --------------------------------------------------------------------------
-
-    def pipeline_label(self, pipeline: str) -> str:
-        """The label value for a pipeline name (bounded)."""
-        names = self._pipeline_names
-        if pipeline in names:
-            return pipeline
-        with self._lock:
-            if len(names) < self.max_pipeline_names:
-                names.add(pipeline)
-                return pipeline
-        self._warn_once(
-            "pipeline",
-            "more than %d distinct pipeline names; further ones are counted as _OTHER",
-            self.max_pipeline_names,
-        )
-        return OTHER
-
-    def stage_label(self, pipeline: str, stage: str) -> str:
-        """The label value for a stage name of a pipeline (bounded per pipeline)."""
-        names = self._stage_names.get(pipeline)
-        if names is not None and stage in names:
-            return stage
-        with self._lock:
-            names = self._stage_names.setdefault(pipeline, set())
-            if len(names) < self.max_stage_names:
-                names.add(stage)
-                return stage
-        self._warn_once(
-            f"stage:{pipeline}",
-            "pipeline %r has more than %d distinct stage names; further ones are counted as "
-            "_OTHER (raise max_stage_names if that is intended)",
-            pipeline,
-            self.max_stage_names,
-        )
-        return OTHER
-
     def stage_series(self, pipeline: str, stage: str) -> StageSeries:
         """The series of a stage of a pipeline (``pipeline`` already a bounded label).
 
@@ -264,17 +301,6 @@ class StageflowMetrics:
                 interceptor
             )
         return child
-
-    def error_type_label(self, error_type: str | None) -> str:
-        """The bounded ``error_type`` label value (empty when there was no error)."""
-        return _bounded_error_type(error_type, self.extra_error_types)
-
-    def _warn_once(self, key: str, message: str, *args: Any) -> None:
-        with self._lock:
-            if key in self._warned:
-                return
-            self._warned.add(key)
-        logger.warning(message, *args)
 
 
 class StageSeries:

@@ -14,10 +14,11 @@ from stageflow_otel.core.seams import RunHook
 
 from .config import METRICS_PORT, EventSelection, Settings
 from .hook import Redactor, TelemetryHook
-from .metrics import MetricsServeError, MetricsServer, StageflowMetrics, serve_metrics
+from .metrics import LabelGuard, MetricsServeError, MetricsServer, StageflowMetrics, serve_metrics
 from .recorders import Recorder
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import LogRecordExporter
 
@@ -36,6 +37,9 @@ class Telemetry:
 
     Args:
         tracer_provider: Where spans go; the global provider by default.
+        meter_provider: When given, the metrics are also recorded through this OpenTelemetry
+            ``MeterProvider`` (same names and attributes, for OTLP-native backends), beside
+            the Prometheus metrics in ``registry`` (``metrics=False`` leaves only these).
         logger_provider: When given, lifecycle events become OpenTelemetry log records emitted
             through it, behind a backpressure queue.
         registry: The ``CollectorRegistry`` for the metrics; a new private one by default
@@ -77,6 +81,7 @@ class Telemetry:
         self,
         tracer_provider: trace.TracerProvider | None = None,
         *,
+        meter_provider: MeterProvider | None = None,
         logger_provider: LoggerProvider | None = None,
         registry: CollectorRegistry | None = None,
         interceptor_spans: bool | None = None,
@@ -122,6 +127,15 @@ class Telemetry:
         self.registry: CollectorRegistry = (
             self.metrics.registry if self.metrics else (registry or CollectorRegistry())
         )
+        otel_metrics: tuple[Recorder, ...] = ()
+        if meter_provider is not None:
+            from ._otel_metric_recorder import OtelMetricRecorder
+
+            labels = self.metrics or LabelGuard(
+                max_stage_names=max_stage_names or settings.max_stage_names,
+                extra_error_types=extra_error_types,
+            )
+            otel_metrics = (OtelMetricRecorder(meter_provider, labels),)
         self.hook = TelemetryHook(
             self.tracer,
             self.metrics,
@@ -132,7 +146,7 @@ class Telemetry:
             record_output_keys=record_output_keys,
             record_tool_payloads=record_tool_payloads,
             redact=redact,
-            recorders=tuple(recorders),
+            recorders=(*otel_metrics, *recorders),
         )
         self.event_sink: EventSink | None = None
         self._servers: list[MetricsServer] = []

@@ -1,0 +1,171 @@
+"""The OpenTelemetry metric recorder: the contract's metrics through the OpenTelemetry metrics API.
+
+For backends that speak OTLP rather than scrape ``/metrics``. The instruments carry the
+Prometheus metrics' names (without the ``_total`` a Prometheus exporter adds to counters) and
+the same attributes, so that an OTLP pipeline ending in Prometheus (the collector's
+``prometheus`` exporter, remote write) yields the same series the dashboards query. Durations
+are histograms in seconds with the contract's bucket boundaries (as advice to the SDK); the SDK
+attaches exemplars to them from the current span where its exemplar filter allows.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from stageflow_otel._version import package_version
+
+from .metrics import DURATION_BUCKETS, LabelGuard
+from .recorders import Recorder
+from .records import current_run
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+
+    from stageflow_otel.core.events import Event
+    from stageflow_otel.core.seams import StageCall, SubpipelineCall, ToolCall
+
+    from .records import (
+        InterceptorOutcome,
+        RunOutcome,
+        RunRecord,
+        StageOutcome,
+        StageRecord,
+        SubpipelineOutcome,
+        ToolOutcome,
+    )
+
+__all__ = ("OtelMetricRecorder",)
+
+
+class OtelMetricRecorder(Recorder):
+    """Records the contract's run, stage, retry, interceptor, subpipeline and tool metrics.
+
+    Args:
+        meter_provider: Where the instruments come from (``Telemetry(meter_provider=...)``).
+        labels: The label bounds, shared with the Prometheus metrics when both are on.
+    """
+
+    def __init__(self, meter_provider: MeterProvider, labels: LabelGuard) -> None:
+        meter = meter_provider.get_meter("stageflow_otel", package_version())
+        self.labels = labels
+        buckets = list(DURATION_BUCKETS)
+
+        def histogram(name: str, description: str) -> Any:
+            return meter.create_histogram(
+                name, unit="s", description=description, explicit_bucket_boundaries_advisory=buckets
+            )
+
+        self.pipeline_runs = meter.create_counter(
+            "stageflow_pipeline_runs", description="Pipeline runs by final status."
+        )
+        self.pipeline_duration = histogram(
+            "stageflow_pipeline_run_duration_seconds", "Wall time of pipeline runs."
+        )
+        self.pipeline_active = meter.create_up_down_counter(
+            "stageflow_pipeline_runs_active", description="Pipeline runs in progress."
+        )
+        self.stage_runs = meter.create_counter(
+            "stageflow_stage_runs", description="Stage executions by status and error type."
+        )
+        self.stage_duration = histogram(
+            "stageflow_stage_duration_seconds", "Wall time of stage executions (all attempts)."
+        )
+        self.stage_queue_wait = histogram(
+            "stageflow_stage_queue_wait_seconds",
+            "Time between a stage's dependencies being done and the stage starting.",
+        )
+        self.stages_active = meter.create_up_down_counter(
+            "stageflow_stages_active", description="Stage executions in progress."
+        )
+        self.stage_retries = meter.create_counter(
+            "stageflow_stage_retries", description="Stage retries."
+        )
+        self.interceptor_duration = histogram(
+            "stageflow_interceptor_duration_seconds",
+            "Wall time inside each interceptor (including what it wraps).",
+        )
+        self.interceptor_short_circuits = meter.create_counter(
+            "stageflow_interceptor_short_circuits",
+            description="Stage executions an interceptor answered without running the stage.",
+        )
+        self.subpipeline_runs = meter.create_counter(
+            "stageflow_subpipeline_runs", description="Subpipeline runs by final status."
+        )
+        self.tool_calls = meter.create_counter(
+            "stageflow_tool_calls", description="Tool calls by status."
+        )
+        self.tool_duration = histogram(
+            "stageflow_tool_duration_seconds", "Wall time of tool calls."
+        )
+
+    def _pipeline(self, run: RunRecord) -> str:
+        return self.labels.pipeline_label(run.pipeline)
+
+    def run_started(self, run: RunRecord) -> None:
+        """Count the run as active."""
+        self.pipeline_active.add(1, {"pipeline": self._pipeline(run)})
+
+    def run_ended(self, run: RunRecord, outcome: RunOutcome) -> None:
+        """Count and time the run."""
+        pipeline = self._pipeline(run)
+        self.pipeline_active.add(-1, {"pipeline": pipeline})
+        attributes = {"pipeline": pipeline, "status": outcome.status}
+        self.pipeline_runs.add(1, attributes)
+        self.pipeline_duration.record(outcome.duration_s, attributes)
+
+    def stage_started(self, stage: StageRecord, call: StageCall) -> None:
+        """Count the stage as active; record its queue wait."""
+        pipeline = {"pipeline": self._pipeline(stage.run)}
+        self.stages_active.add(1, pipeline)
+        self.stage_queue_wait.record(call.queue_wait_s, pipeline)
+
+    def stage_ended(self, stage: StageRecord, call: StageCall, outcome: StageOutcome) -> None:
+        """Count and time the stage (the SDK takes exemplars from the current stage span)."""
+        pipeline = self._pipeline(stage.run)
+        name = self.labels.stage_label(pipeline, stage.name)
+        error_type = self.labels.error_type_label(outcome.error_type)
+        self.stage_runs.add(
+            1,
+            {
+                "pipeline": pipeline,
+                "stage": name,
+                "status": outcome.status,
+                "error_type": error_type,
+            },
+        )
+        self.stage_duration.record(
+            outcome.duration_s, {"pipeline": pipeline, "stage": name, "status": outcome.status}
+        )
+        self.stages_active.add(-1, {"pipeline": pipeline})
+
+    def stage_retried(self, stage: StageRecord, event: Event) -> None:
+        """Count the retry."""
+        pipeline = self._pipeline(stage.run)
+        self.stage_retries.add(
+            1, {"pipeline": pipeline, "stage": self.labels.stage_label(pipeline, stage.name)}
+        )
+
+    def interceptor_ended(self, call: StageCall, outcome: InterceptorOutcome) -> None:
+        """Time the interceptor; count its short circuits."""
+        self.interceptor_duration.record(outcome.duration_s, {"interceptor": outcome.name})
+        if outcome.action == "short_circuit":
+            run = current_run.get()
+            pipeline = self.labels.pipeline_label(run.pipeline) if run else call.pipeline
+            stage = self.labels.stage_label(pipeline, call.stage)
+            self.interceptor_short_circuits.add(1, {"interceptor": outcome.name, "stage": stage})
+
+    def subpipeline_ended(self, call: SubpipelineCall, outcome: SubpipelineOutcome) -> None:
+        """Count the child run under its parent pipeline."""
+        self.subpipeline_runs.add(
+            1,
+            {
+                "parent_pipeline": self.labels.pipeline_label(call.parent_pipeline),
+                "pipeline": self.labels.pipeline_label(call.pipeline),
+                "status": outcome.status,
+            },
+        )
+
+    def tool_ended(self, call: ToolCall, outcome: ToolOutcome) -> None:
+        """Count and time the tool call."""
+        self.tool_calls.add(1, {"tool": call.tool, "status": outcome.status})
+        self.tool_duration.record(outcome.duration_s, {"tool": call.tool})
