@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 from collections import defaultdict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -18,6 +18,9 @@ from tests.support.servers import REPO_ROOT, require_binary
 RULES_FILE = REPO_ROOT / "ops" / "prometheus-rules.yml"
 RULE_TESTS = sorted((REPO_ROOT / "ops" / "tests").glob("*.yml"))
 OPERATIONS_MD = REPO_ROOT / "docs" / "operations.md"
+PROMETHEUS_CONFIG = REPO_ROOT / "prometheus.yml"
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+COMPOSE_CONFIG_DIR = PurePosixPath("/etc/prometheus")
 
 
 def _yaml(path: Path) -> Any:
@@ -148,3 +151,18 @@ def test_the_latency_objective_is_set_in_one_place() -> None:
         assert "le=" not in expr, f"{rule.get('record') or rule['alert']}: literal le"
         if "alert" in rule and "stageflow:stage_latency_slow" in expr:
             assert "scalar(stageflow:stage_latency_objective:ratio)" in expr
+
+
+def test_compose_mounts_the_rules_where_prometheus_yml_loads_them() -> None:
+    rule_files = _yaml(PROMETHEUS_CONFIG)["rule_files"]
+    assert rule_files == ["ops/prometheus-rules.yml"]
+    # Relative to the config file: the repository root here, /etc/prometheus in compose.
+    assert (PROMETHEUS_CONFIG.parent / rule_files[0]).resolve() == RULES_FILE
+    volumes = _yaml(COMPOSE_FILE)["services"]["prometheus"]["volumes"]
+    assert f"./ops/prometheus-rules.yml:{COMPOSE_CONFIG_DIR / rule_files[0]}:ro" in volumes
+
+
+def test_promtool_check_config_loads_the_rules() -> None:
+    result = _promtool("check", "config", PROMETHEUS_CONFIG)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(_rules())} rules found" in result.stdout
