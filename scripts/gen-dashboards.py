@@ -87,10 +87,20 @@ class Target:
 # --------------------------------------------------------------------------- panels
 
 
+RUNBOOK = "https://github.com/stageflow-otel/stageflow-otel/blob/main/docs/operations.md"
+"""docs/operations.md as a browser opens it; each alert has a section (the alert, lower case)."""
+
+
 @dataclass
 class Layout:
-    """Places panels left to right on the 24-column grid, wrapping into new rows."""
+    """Places panels left to right on the 24-column grid, wrapping into new rows.
 
+    Every panel links to the runbook of the alert it helps investigate: the first alert whose
+    keyword its title contains, else the dashboard's own alert (``runbook``).
+    """
+
+    runbook: str = "StageflowPipelineFailureRatioHigh"
+    runbooks: tuple[tuple[str, str], ...] = ()
     next_id: int = 1
     x: int = 0
     y: int = 0
@@ -128,6 +138,22 @@ class Layout:
     def add(self, panel: Json, w: int, h: int) -> None:
         panel["id"] = self.take_id()
         panel["gridPos"] = self.place(w, h)
+        title = str(panel["title"]).lower()
+        alert = next((a for keyword, a in self.runbooks if keyword in title), self.runbook)
+        panel["links"] = [
+            {
+                "asDropdown": False,
+                "icon": "doc",
+                "includeVars": False,
+                "keepTime": False,
+                "tags": [],
+                "targetBlank": True,
+                "title": f"Runbook: {alert}",
+                "tooltip": f"What to do when {alert} fires",
+                "type": "link",
+                "url": f"{RUNBOOK}#{alert.lower()}",
+            }
+        ]
         self.panels.append(panel)
 
 
@@ -367,7 +393,13 @@ def pipelines_overview() -> Json:
     run_duration = "stageflow_pipeline_run_duration_seconds"
     base = (JOB, PIPELINE)
     all_runs = f"sum({rate(sel(runs, *base))})"
-    lay = Layout()
+    lay = Layout(
+        runbook="StageflowPipelineFailureRatioHigh",
+        runbooks=(
+            ("runs / s", "StageflowNoRuns"),
+            ("duration", "StageflowStageLatencyBudgetBurnFast"),
+        ),
+    )
     lay.row("Now")
     lay.add(
         stat(
@@ -510,7 +542,14 @@ def pipelines_overview() -> Json:
 def stages() -> Json:
     runs = "stageflow_stage_runs_total"
     base = (JOB, PIPELINE, STAGE)
-    lay = Layout()
+    lay = Layout(
+        runbook="StageflowStageLatencyBudgetBurnFast",
+        runbooks=(
+            ("error", "StageflowPipelineFailureRatioHigh"),
+            ("failures", "StageflowPipelineFailureRatioHigh"),
+            ("short-circuit", "StageflowCircuitBreakerOpen"),
+        ),
+    )
     lay.row("Throughput and errors")
     lay.add(
         timeseries(
@@ -664,7 +703,7 @@ def sinks() -> Json:
     export_duration = "stageflow_sink_export_duration_seconds"
     base = (JOB, SINK)
     dropped = 'result=~"dropped_queue_full|dropped_shutdown"'
-    lay = Layout()
+    lay = Layout(runbook="StageflowEventSinkDropping")
     lay.row("Queue")
     lay.add(
         timeseries(
@@ -801,7 +840,10 @@ def sinks() -> Json:
 def tools() -> Json:
     calls = "stageflow_tool_calls_total"
     subs = "stageflow_subpipeline_runs_total"
-    lay = Layout()
+    lay = Layout(
+        runbook="StageflowToolFailureRatioHigh",
+        runbooks=(("subpipeline", "StageflowPipelineFailureRatioHigh"),),
+    )
     lay.row("Tools")
     lay.add(
         timeseries(

@@ -331,3 +331,34 @@ def test_dashboard_provider_reads_the_mounted_dashboards() -> None:
     }
     assert mounts[provider["options"]["path"]] == "./dashboards"
     assert mounts["/etc/grafana/provisioning"] == "./dashboards/provisioning"
+
+
+def _alert_names() -> set[str]:
+    rules = _yaml(REPO_ROOT / "ops" / "prometheus-rules.yml")
+    return {
+        rule["alert"] for group in rules["groups"] for rule in group["rules"] if "alert" in rule
+    }
+
+
+def _markdown_anchors(path: Path) -> set[str]:
+    return {
+        line.lstrip("#").strip().lower().replace(" ", "-")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.startswith("#")
+    }
+
+
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.name)
+def test_every_panel_links_to_the_runbook_of_an_alert(path: Path) -> None:
+    alerts = {name.lower() for name in _alert_names()}
+    anchors = _markdown_anchors(REPO_ROOT / "docs" / "operations.md")
+    panels = [p for p in load_dashboard(path)["panels"] if p["type"] != "row"]
+
+    assert panels
+    for panel in panels:
+        [link] = panel["links"]
+        page, _, anchor = link["url"].partition("#")
+        assert page.endswith("/docs/operations.md"), panel["title"]
+        assert anchor in alerts, panel["title"]
+        assert anchor in anchors, panel["title"]
+        assert link["title"].lower() == f"runbook: {anchor}"
