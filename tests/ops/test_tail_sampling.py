@@ -169,7 +169,7 @@ async def test_tail_sampling_keeps_every_failed_slow_and_critical_trace(
         f"at {SAMPLING_PERCENTAGE} %"
     )
     assert kept <= must_keep | trace_ids["ordinary"]
-    # Each kept trace is whole: the request, the run and both stages.
+    # Kept traces are whole: the request span and the run under it.
     for trace_id in sorted(must_keep)[:3]:
         trace = jaeger.trace(format(trace_id, "032x"))
         assert trace is not None
