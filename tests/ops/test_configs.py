@@ -150,9 +150,34 @@ def test_collector_pipelines() -> None:
         assert pipeline["receivers"] == ["otlp"], name
         assert pipeline["processors"][0] == "memory_limiter", f"{name}: memory_limiter first"
         assert pipeline["processors"][-1] == "batch", name
+    assert pipelines["traces"]["processors"] == ["memory_limiter", "tail_sampling", "batch"]
     assert pipelines["traces"]["exporters"] == ["otlp_grpc/jaeger"]
     assert pipelines["logs"]["exporters"] == ["debug"]
     assert config["exporters"]["otlp_grpc/jaeger"]["tls"] == {"insecure": True}
+
+
+def test_tail_sampling_keeps_errors_slow_and_critical_traces_and_a_share_of_the_rest() -> None:
+    sampling = _yaml(COLLECTOR_CONFIG)["processors"]["tail_sampling"]
+    assert sampling["decision_wait"] == "${env:OTELCOL_DECISION_WAIT:-10s}"
+    policies = {policy["type"]: policy for policy in sampling["policies"]}
+    assert list(policies) == ["status_code", "latency", "string_attribute", "probabilistic"]
+    assert policies["status_code"]["status_code"] == {"status_codes": ["ERROR"]}
+    assert policies["latency"]["latency"] == {"threshold_ms": "${env:OTELCOL_SLOW_TRACE_MS:-1000}"}
+    assert policies["string_attribute"]["string_attribute"] == {
+        "key": "stageflow.pipeline.name",
+        "values": "${env:OTELCOL_CRITICAL_PIPELINES:-[]}",
+    }
+    assert policies["probabilistic"]["probabilistic"] == {
+        "sampling_percentage": "${env:OTELCOL_SAMPLING_PERCENTAGE:-10}"
+    }
+
+
+@pytest.mark.parametrize("critical", ["[payment, refund]", "[]", '["order fulfilment"]'])
+def test_otelcol_accepts_critical_pipelines_as_a_yaml_list(critical: str) -> None:
+    otelcol = require_binary("otelcol")
+    env = {**_loopback_env(), "OTELCOL_CRITICAL_PIPELINES": critical}
+    result = _run(otelcol, "validate", f"--config=file:{COLLECTOR_CONFIG}", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_jaeger_validates_its_local_config() -> None:

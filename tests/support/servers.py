@@ -54,6 +54,9 @@ _CACHED_COMPONENTS = frozenset({"jaeger", "otelcol"})
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+# Tail sampling's decision_wait for tests: a trace reaches Jaeger about this long after
+# its first span reaches the collector.
+TEST_DECISION_WAIT = "1s"
 
 
 # --------------------------------------------------------------------------- binaries
@@ -456,16 +459,34 @@ def collector_env(
     telemetry_port: int,
     jaeger_otlp_grpc_endpoint: str,
     debug_verbosity: str = "detailed",
+    sampling_percentage: float = 100,
+    decision_wait: str = TEST_DECISION_WAIT,
+    slow_trace_ms: int | None = None,
+    critical_pipelines: Sequence[str] = (),
 ) -> dict[str, str]:
-    """The ``OTELCOL_*`` variables that put ``otel-collector.yaml`` on loopback."""
-    return {
+    """The ``OTELCOL_*`` variables that put ``otel-collector.yaml`` on loopback.
+
+    Tail sampling keeps every trace by default (``sampling_percentage=100``) and decides
+    after a short ``decision_wait``, so that tests find all their traces in Jaeger quickly.
+    ``slow_trace_ms`` and ``critical_pipelines`` leave the configuration's defaults when
+    not given.
+    """
+    env = {
         "OTELCOL_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{otlp_grpc_port}",
         "OTELCOL_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{otlp_http_port}",
         "OTELCOL_JAEGER_ENDPOINT": jaeger_otlp_grpc_endpoint,
         "OTELCOL_DEBUG_VERBOSITY": debug_verbosity,
         "OTELCOL_TELEMETRY_HOST": "127.0.0.1",
         "OTELCOL_TELEMETRY_PORT": str(telemetry_port),
+        "OTELCOL_SAMPLING_PERCENTAGE": f"{sampling_percentage:g}",
+        "OTELCOL_DECISION_WAIT": decision_wait,
     }
+    if slow_trace_ms is not None:
+        env["OTELCOL_SLOW_TRACE_MS"] = str(slow_trace_ms)
+    if critical_pipelines:
+        # A YAML flow sequence: the env provider parses the value as YAML.
+        env["OTELCOL_CRITICAL_PIPELINES"] = json.dumps(list(critical_pipelines))
+    return env
 
 
 @contextlib.contextmanager
@@ -476,11 +497,16 @@ def start_collector(
     debug_verbosity: str = "detailed",
     binary: Path | None = None,
     config: Path = COLLECTOR_CONFIG,
+    sampling_percentage: float = 100,
+    decision_wait: str = TEST_DECISION_WAIT,
+    slow_trace_ms: int | None = None,
+    critical_pipelines: Sequence[str] = (),
 ) -> Iterator[CollectorServer]:
     """The collector from the build cache, exporting traces to ``jaeger_otlp_grpc_endpoint``.
 
     Logs and metrics go to the debug exporter, i.e. into :meth:`CollectorServer.log_text`
-    (``detailed`` verbosity prints every record with its attributes).
+    (``detailed`` verbosity prints every record with its attributes). Tail sampling keeps
+    every trace unless ``sampling_percentage`` says otherwise (see :func:`collector_env`).
     """
     binary = binary or require_binary("otelcol")
     directory.mkdir(parents=True, exist_ok=True)
@@ -491,6 +517,10 @@ def start_collector(
         telemetry_port=telemetry_port,
         jaeger_otlp_grpc_endpoint=jaeger_otlp_grpc_endpoint,
         debug_verbosity=debug_verbosity,
+        sampling_percentage=sampling_percentage,
+        decision_wait=decision_wait,
+        slow_trace_ms=slow_trace_ms,
+        critical_pipelines=critical_pipelines,
     )
     argv = [str(binary), f"--config=file:{config}"]
     with run_process("otelcol", argv, log_path=directory / "otelcol.log", env=env) as managed:
