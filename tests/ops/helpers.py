@@ -137,3 +137,31 @@ def instant_selectors(node: Any) -> list[Any]:
 
     promql_parser.walk(node, enter, leave)
     return found
+
+
+def contract_problems(
+    where: str,
+    tree: Any,
+    series: dict[str, contract.ContractMetric],
+    *,
+    known: frozenset[str] = frozenset(),
+) -> list[str]:
+    """What in a parsed expression is not in the telemetry contract: metrics, then labels.
+
+    ``known`` names series that are not contract metrics but fine to select (recording rules).
+    """
+    problems: list[str] = []
+    for selector in vector_selectors(tree):
+        if selector.name in known:
+            continue
+        metric = series.get(selector.name)
+        if metric is None:
+            problems.append(f"{where}: unknown metric {selector.name}")
+            continue
+        allowed = metric.series_labels(selector.name)
+        problems.extend(
+            f"{where}: {selector.name} has no label {matcher.name}"
+            for matcher in selector.matchers.matchers
+            if matcher.name not in allowed
+        )
+    return problems

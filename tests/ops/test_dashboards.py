@@ -19,6 +19,7 @@ from tests.ops.helpers import (
     RATE_INTERVAL_DELTA,
     SCHEMA_DIR,
     Json,
+    contract_problems,
     contract_series,
     instant_selectors,
     iter_exprs,
@@ -188,17 +189,7 @@ def test_metric_names_and_labels_are_in_the_contract(path: Path) -> None:
     failures: list[str] = []
     for where, expr in iter_exprs(load_dashboard(path)):
         tree = parse_promql(expr)
-        for selector in vector_selectors(tree):
-            metric = series.get(selector.name)
-            if metric is None:
-                failures.append(f"{where}: unknown metric {selector.name}")
-                continue
-            allowed = metric.series_labels(selector.name)
-            failures.extend(
-                f"{where}: {selector.name} has no label {matcher.name}"
-                for matcher in selector.matchers.matchers
-                if matcher.name not in allowed
-            )
+        failures += contract_problems(where, tree, series)
         for node in walk(tree):
             if isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
                 inner = vector_selectors(node.expr)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.ops.helpers import contract_series, parse_promql, vector_selectors
+from tests.ops.helpers import contract_problems, contract_series, parse_promql
 from tests.support.servers import REPO_ROOT, require_binary
 
 RULES_FILE = REPO_ROOT / "ops" / "prometheus-rules.yml"
@@ -119,19 +119,9 @@ def test_rules_use_contract_metrics_and_labels() -> None:
     failures: list[str] = []
     for rule in rules:
         where = rule.get("record") or rule["alert"]
-        for selector in vector_selectors(parse_promql(rule["expr"])):
-            if selector.name in recorded:
-                continue
-            metric = series.get(selector.name)
-            if metric is None:
-                failures.append(f"{where}: unknown metric {selector.name}")
-                continue
-            allowed = metric.series_labels(selector.name)
-            failures.extend(
-                f"{where}: {selector.name} has no label {matcher.name}"
-                for matcher in selector.matchers.matchers
-                if matcher.name not in allowed
-            )
+        failures += contract_problems(
+            where, parse_promql(rule["expr"]), series, known=frozenset(recorded)
+        )
     assert failures == []
 
 
