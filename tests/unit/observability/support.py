@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -13,11 +13,13 @@ from stageflow_otel import (
     Pipeline,
     PipelineCancelled,
     PipelineResults,
+    RetryInterceptor,
     StageContext,
     StageExecutionError,
     StageGraph,
     StageOutput,
 )
+from stageflow_otel.core import TransientError
 
 HANG = 5.0
 """Seconds after which a test counts as hung (a guard, never a speed assertion)."""
@@ -45,6 +47,23 @@ async def noop_stage(ctx: StageContext) -> None:
 async def raising_stage(ctx: StageContext) -> None:
     """Fails by raising a builtin exception."""
     raise ValueError("bad input")
+
+
+def fails_once() -> Callable[[StageContext], Awaitable[StageOutput]]:
+    """A stage that raises a ``TransientError`` on its first attempt and succeeds after."""
+    attempts = {"n": 0}
+
+    async def flaky(ctx: StageContext) -> StageOutput:
+        attempts["n"] += 1
+        if attempts["n"] == 1:
+            raise TransientError("busy")
+        return StageOutput.ok()
+
+    return flaky
+
+
+RETRY_ONCE = RetryInterceptor(max_attempts=2, base_delay=0.001)
+"""Retries a stage once, at once (with ``fails_once``, the stage's retry)."""
 
 
 async def hanging_stage(ctx: StageContext) -> None:

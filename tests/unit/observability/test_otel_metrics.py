@@ -13,13 +13,12 @@ from opentelemetry.sdk.metrics.export import (
 )
 from prometheus_client import CollectorRegistry
 
-from stageflow_otel import Pipeline, RetryInterceptor, StageContext, StageOutput
-from stageflow_otel.core import TransientError
+from stageflow_otel import Pipeline
 from stageflow_otel.observability import Telemetry
 from stageflow_otel.observability.metrics import DURATION_BUCKETS
 from stageflow_otel.testing import in_memory_telemetry
 
-from .support import ok_stage, raising_stage, run_graph
+from .support import RETRY_ONCE, fails_once, ok_stage, raising_stage, run_graph
 
 pytestmark = pytest.mark.anyio
 
@@ -47,19 +46,10 @@ async def test_the_contracts_metrics_go_through_a_meter_provider_too() -> None:
     recorded = in_memory_telemetry(
         canonical_logs=False, meter_provider=MeterProvider(metric_readers=[reader])
     )
-    attempts = {"n": 0}
-
-    async def flaky(ctx: StageContext) -> StageOutput:
-        attempts["n"] += 1
-        if attempts["n"] == 1:
-            raise TransientError("busy")
-        return StageOutput.ok()
-
-    retry = RetryInterceptor(max_attempts=2, base_delay=0.001)
     graph = (
         Pipeline("orders")
         .with_stage("load", ok_stage)
-        .with_stage("charge", flaky, dependencies=["load"], interceptors=[retry])
+        .with_stage("charge", fails_once(), dependencies=["load"], interceptors=[RETRY_ONCE])
         .with_stage("notify", raising_stage, dependencies=["charge"])
         .build(hooks=recorded.hooks)
     )

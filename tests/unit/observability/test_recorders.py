@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from stageflow_otel import Pipeline, RetryInterceptor, StageContext, StageOutput
-from stageflow_otel.core import StageCall, TransientError
+from stageflow_otel import Pipeline
+from stageflow_otel.core import StageCall
 from stageflow_otel.core.events import Event
 from stageflow_otel.observability.recorders import Recorder
 from stageflow_otel.observability.records import (
@@ -20,7 +20,7 @@ from stageflow_otel.observability.records import (
 )
 from stageflow_otel.testing import in_memory_telemetry
 
-from .support import ok_stage, raising_stage, run_graph
+from .support import RETRY_ONCE, fails_once, ok_stage, raising_stage, run_graph
 
 pytestmark = pytest.mark.anyio
 
@@ -48,19 +48,10 @@ class SlowStages(Recorder):
 async def test_a_custom_recorder_is_told_of_every_run_stage_retry_and_interceptor() -> None:
     recorder = SlowStages()
     recorded = in_memory_telemetry(canonical_logs=False, recorders=[recorder])
-    attempts = {"n": 0}
-
-    async def flaky(ctx: StageContext) -> StageOutput:
-        attempts["n"] += 1
-        if attempts["n"] == 1:
-            raise TransientError("busy")
-        return StageOutput.ok()
-
-    retry = RetryInterceptor(max_attempts=2, base_delay=0.001)
     graph = (
         Pipeline("p")
         .with_stage("a", ok_stage)
-        .with_stage("b", flaky, dependencies=["a"], interceptors=[retry])
+        .with_stage("b", fails_once(), dependencies=["a"], interceptors=[RETRY_ONCE])
         .build(hooks=recorded.hooks)
     )
     await run_graph(graph)
