@@ -91,6 +91,10 @@ def test_prometheus_scrapes_the_demo_and_the_collector() -> None:
     }
     assert targets["stageflow"] == ["demo:9464"]
     assert targets["otel-collector"] == ["otel-collector:8888"]
+    # The collector's prometheus exporter, keeping the job/instance it sets per application.
+    assert targets["otel-collector-metrics"] == ["otel-collector:8889"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["otel-collector-metrics"]["honor_labels"] is True
 
 
 # --------------------------------------------------------------------------- collector
