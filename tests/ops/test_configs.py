@@ -63,6 +63,7 @@ def _loopback_env() -> dict[str, str]:
         otlp_http_port=14318,
         telemetry_port=18888,
         jaeger_otlp_grpc_endpoint="127.0.0.1:24317",
+        prometheus_port=18889,
     )
 
 
@@ -90,6 +91,10 @@ def test_prometheus_scrapes_the_demo_and_the_collector() -> None:
     }
     assert targets["stageflow"] == ["demo:9464"]
     assert targets["otel-collector"] == ["otel-collector:8888"]
+    # The collector's prometheus exporter, keeping the job/instance it sets per application.
+    assert targets["otel-collector-metrics"] == ["otel-collector:8889"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["otel-collector-metrics"]["honor_labels"] is True
 
 
 # --------------------------------------------------------------------------- collector
@@ -109,6 +114,17 @@ def test_otelcol_validates_the_collector_config_with_compose_defaults() -> None:
     assert printed["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"] == "0.0.0.0:4317"
     assert printed["receivers"]["otlp"]["protocols"]["http"]["endpoint"] == "0.0.0.0:4318"
     assert printed["exporters"]["otlp_grpc/jaeger"]["endpoint"] == "jaeger:4317"
+    assert printed["exporters"]["prometheus"]["endpoint"] == "0.0.0.0:8889"
+
+
+def test_prometheus_exporter_keeps_the_contract_names() -> None:
+    """Counters get `_total`, no namespace prefix, no otel_scope_* labels (docs/telemetry.md)."""
+    exporter = _yaml(COLLECTOR_CONFIG)["exporters"]["prometheus"]
+    assert exporter["endpoint"] == "${env:OTELCOL_PROMETHEUS_ENDPOINT:-0.0.0.0:8889}"
+    assert exporter["namespace"] == ""
+    assert exporter["translation_strategy"] == "UnderscoreEscapingWithSuffixes"
+    assert exporter["without_scope_info"] is True
+    assert "resource_to_telemetry_conversion" not in exporter
 
 
 def test_otelcol_rejects_an_unknown_component(tmp_path: Path) -> None:
@@ -153,6 +169,7 @@ def test_collector_pipelines() -> None:
     assert pipelines["traces"]["processors"] == ["memory_limiter", "tail_sampling", "batch"]
     assert pipelines["traces"]["exporters"] == ["otlp_grpc/jaeger"]
     assert pipelines["logs"]["exporters"] == ["debug"]
+    assert pipelines["metrics"]["exporters"] == ["prometheus", "debug"]
     assert config["exporters"]["otlp_grpc/jaeger"]["tls"] == {"insecure": True}
 
 

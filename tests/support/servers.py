@@ -287,10 +287,13 @@ def prometheus_config(
     job: str,
     scrape_interval: str,
     extra_jobs: Mapping[str, Sequence[str]] | None = None,
+    honor_labels: bool = False,
 ) -> str:
     """A minimal scrape configuration (JSON is valid YAML).
 
     ``extra_jobs`` adds more scrape jobs (job name -> targets) with the same interval.
+    ``honor_labels`` keeps the ``job``/``instance`` labels a target exposes (the collector's
+    prometheus exporter) instead of renaming them ``exported_job``/``exported_instance``.
     """
     jobs = {job: targets, **(extra_jobs or {})}
     config = {
@@ -300,6 +303,7 @@ def prometheus_config(
                 "job_name": name,
                 "scrape_interval": scrape_interval,
                 "scrape_timeout": scrape_interval,
+                "honor_labels": honor_labels,
                 "static_configs": [{"targets": list(job_targets)}],
             }
             for name, job_targets in jobs.items()
@@ -317,16 +321,24 @@ def start_prometheus(
     scrape_interval: str = "1s",
     binary: Path | None = None,
     extra_jobs: Mapping[str, Sequence[str]] | None = None,
+    honor_labels: bool = False,
 ) -> Iterator[PrometheusServer]:
     """Prometheus scraping ``targets`` (``host:port``) every ``scrape_interval``.
 
-    ``extra_jobs`` (job name -> targets) adds scrape jobs beside ``job``.
+    ``extra_jobs`` (job name -> targets) adds scrape jobs beside ``job``; ``honor_labels``
+    applies to every job (see :func:`prometheus_config`).
     """
     binary = binary or require_binary("prometheus")
     directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / "prometheus.yml"
     config_path.write_text(
-        prometheus_config(targets, job=job, scrape_interval=scrape_interval, extra_jobs=extra_jobs)
+        prometheus_config(
+            targets,
+            job=job,
+            scrape_interval=scrape_interval,
+            extra_jobs=extra_jobs,
+            honor_labels=honor_labels,
+        )
     )
     port = free_port()
     argv = [
@@ -444,6 +456,7 @@ class CollectorServer:
     otlp_grpc_endpoint: str  # host:port
     otlp_http_endpoint: str  # host:port
     telemetry_url: str  # the collector's own Prometheus /metrics
+    prometheus_endpoint: str  # host:port of the prometheus exporter (OTLP metrics as /metrics)
     env: Mapping[str, str]
     managed: ManagedProcess
 
@@ -458,6 +471,7 @@ def collector_env(
     otlp_http_port: int,
     telemetry_port: int,
     jaeger_otlp_grpc_endpoint: str,
+    prometheus_port: int,
     debug_verbosity: str = "detailed",
     sampling_percentage: float = 100,
     decision_wait: str = TEST_DECISION_WAIT,
@@ -478,6 +492,7 @@ def collector_env(
         "OTELCOL_DEBUG_VERBOSITY": debug_verbosity,
         "OTELCOL_TELEMETRY_HOST": "127.0.0.1",
         "OTELCOL_TELEMETRY_PORT": str(telemetry_port),
+        "OTELCOL_PROMETHEUS_ENDPOINT": f"127.0.0.1:{prometheus_port}",
         "OTELCOL_SAMPLING_PERCENTAGE": f"{sampling_percentage:g}",
         "OTELCOL_DECISION_WAIT": decision_wait,
     }
@@ -504,18 +519,21 @@ def start_collector(
 ) -> Iterator[CollectorServer]:
     """The collector from the build cache, exporting traces to ``jaeger_otlp_grpc_endpoint``.
 
-    Logs and metrics go to the debug exporter, i.e. into :meth:`CollectorServer.log_text`
-    (``detailed`` verbosity prints every record with its attributes). Tail sampling keeps
+    Logs go to the debug exporter, i.e. into :meth:`CollectorServer.log_text` (``detailed``
+    verbosity prints every record with its attributes); metrics to the debug exporter and
+    the prometheus exporter on :attr:`CollectorServer.prometheus_endpoint`. Tail sampling keeps
     every trace unless ``sampling_percentage`` says otherwise (see :func:`collector_env`).
     """
     binary = binary or require_binary("otelcol")
     directory.mkdir(parents=True, exist_ok=True)
     grpc_port, http_port, telemetry_port = free_port(), free_port(), free_port()
+    prometheus_port = free_port()
     env = collector_env(
         otlp_grpc_port=grpc_port,
         otlp_http_port=http_port,
         telemetry_port=telemetry_port,
         jaeger_otlp_grpc_endpoint=jaeger_otlp_grpc_endpoint,
+        prometheus_port=prometheus_port,
         debug_verbosity=debug_verbosity,
         sampling_percentage=sampling_percentage,
         decision_wait=decision_wait,
@@ -528,6 +546,7 @@ def start_collector(
             otlp_grpc_endpoint=env["OTELCOL_OTLP_GRPC_ENDPOINT"],
             otlp_http_endpoint=env["OTELCOL_OTLP_HTTP_ENDPOINT"],
             telemetry_url=f"http://127.0.0.1:{telemetry_port}/metrics",
+            prometheus_endpoint=env["OTELCOL_PROMETHEUS_ENDPOINT"],
             env=env,
             managed=managed,
         )
@@ -537,8 +556,9 @@ def start_collector(
                 port_open("127.0.0.1", grpc_port)
                 and port_open("127.0.0.1", http_port)
                 and http_ok(server.telemetry_url)
+                and http_ok(f"http://{server.prometheus_endpoint}/metrics")
             ),
-            "OTLP receivers and telemetry endpoint",
+            "OTLP receivers, telemetry endpoint and prometheus exporter",
         )
         yield server
 
