@@ -105,7 +105,7 @@ def test_document_tests_pass_on_a_clone_with_nothing_beside_it(
     clone: Path, demo: subprocess.CompletedProcess[str]
 ) -> None:
     assert demo.returncode == 0, _tail(demo)
-    # No sibling directory (no ../shared, no other checkout) the tests could lean on.
+    # Nothing beside the clone (no sibling directory, no other checkout) the tests could lean on.
     assert [path.name for path in clone.parent.iterdir()] == [clone.name]
     result = _make(clone, "pytest", f"PYTEST_ARGS=-p no:cacheprovider {' '.join(DOCUMENT_TESTS)}")
     assert result.returncode == 0, _tail(result)

@@ -14,7 +14,24 @@ from typing import TYPE_CHECKING, Any
 
 from stageflow_otel._version import package_version
 
-from .metrics import DURATION_BUCKETS, LabelGuard
+from .metrics import (
+    DURATION_BUCKETS,
+    INTERCEPTOR_DURATION,
+    INTERCEPTOR_SHORT_CIRCUITS,
+    PIPELINE_ACTIVE,
+    PIPELINE_DURATION,
+    PIPELINE_RUNS,
+    STAGE_DURATION,
+    STAGE_QUEUE_WAIT,
+    STAGE_RETRIES,
+    STAGE_RUNS,
+    STAGES_ACTIVE,
+    SUBPIPELINE_RUNS,
+    TOOL_CALLS,
+    TOOL_DURATION,
+    LabelGuard,
+    MetricSpec,
+)
 from .recorders import Recorder
 from .records import current_run
 
@@ -50,53 +67,33 @@ class OtelMetricRecorder(Recorder):
         self.labels = labels
         buckets = list(DURATION_BUCKETS)
 
-        def histogram(name: str, description: str) -> Any:
+        def counter(spec: MetricSpec) -> Any:
+            return meter.create_counter(spec.name, description=spec.description)
+
+        def up_down_counter(spec: MetricSpec) -> Any:
+            return meter.create_up_down_counter(spec.name, description=spec.description)
+
+        def histogram(spec: MetricSpec) -> Any:
             return meter.create_histogram(
-                name, unit="s", description=description, explicit_bucket_boundaries_advisory=buckets
+                spec.name,
+                unit="s",
+                description=spec.description,
+                explicit_bucket_boundaries_advisory=buckets,
             )
 
-        self.pipeline_runs = meter.create_counter(
-            "stageflow_pipeline_runs", description="Pipeline runs by final status."
-        )
-        self.pipeline_duration = histogram(
-            "stageflow_pipeline_run_duration_seconds", "Wall time of pipeline runs."
-        )
-        self.pipeline_active = meter.create_up_down_counter(
-            "stageflow_pipeline_runs_active", description="Pipeline runs in progress."
-        )
-        self.stage_runs = meter.create_counter(
-            "stageflow_stage_runs", description="Stage executions by status and error type."
-        )
-        self.stage_duration = histogram(
-            "stageflow_stage_duration_seconds", "Wall time of stage executions (all attempts)."
-        )
-        self.stage_queue_wait = histogram(
-            "stageflow_stage_queue_wait_seconds",
-            "Time between a stage's dependencies being done and the stage starting.",
-        )
-        self.stages_active = meter.create_up_down_counter(
-            "stageflow_stages_active", description="Stage executions in progress."
-        )
-        self.stage_retries = meter.create_counter(
-            "stageflow_stage_retries", description="Stage retries."
-        )
-        self.interceptor_duration = histogram(
-            "stageflow_interceptor_duration_seconds",
-            "Wall time inside each interceptor (including what it wraps).",
-        )
-        self.interceptor_short_circuits = meter.create_counter(
-            "stageflow_interceptor_short_circuits",
-            description="Stage executions an interceptor answered without running the stage.",
-        )
-        self.subpipeline_runs = meter.create_counter(
-            "stageflow_subpipeline_runs", description="Subpipeline runs by final status."
-        )
-        self.tool_calls = meter.create_counter(
-            "stageflow_tool_calls", description="Tool calls by status."
-        )
-        self.tool_duration = histogram(
-            "stageflow_tool_duration_seconds", "Wall time of tool calls."
-        )
+        self.pipeline_runs = counter(PIPELINE_RUNS)
+        self.pipeline_duration = histogram(PIPELINE_DURATION)
+        self.pipeline_active = up_down_counter(PIPELINE_ACTIVE)
+        self.stage_runs = counter(STAGE_RUNS)
+        self.stage_duration = histogram(STAGE_DURATION)
+        self.stage_queue_wait = histogram(STAGE_QUEUE_WAIT)
+        self.stages_active = up_down_counter(STAGES_ACTIVE)
+        self.stage_retries = counter(STAGE_RETRIES)
+        self.interceptor_duration = histogram(INTERCEPTOR_DURATION)
+        self.interceptor_short_circuits = counter(INTERCEPTOR_SHORT_CIRCUITS)
+        self.subpipeline_runs = counter(SUBPIPELINE_RUNS)
+        self.tool_calls = counter(TOOL_CALLS)
+        self.tool_duration = histogram(TOOL_DURATION)
 
     def _pipeline(self, run: RunRecord) -> str:
         return self.labels.pipeline_label(run.pipeline)

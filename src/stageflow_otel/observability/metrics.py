@@ -26,6 +26,7 @@ __all__ = (
     "DURATION_BUCKETS",
     "KNOWN_ERROR_TYPES",
     "LabelGuard",
+    "MetricSpec",
     "MetricsServeError",
     "MetricsServer",
     "StageSeries",
@@ -62,6 +63,97 @@ KNOWN_ERROR_TYPES: frozenset[str] = frozenset(
 """``error_type`` label values kept as they are: the ``stageflow.*`` types, builtin exception
 names, and any qualified name under ``stageflow_otel.``; every other value becomes ``_OTHER``
 unless listed in ``StageflowMetrics(extra_error_types=...)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One metric of the telemetry contract, as every path that records it names it.
+
+    Counters, gauges (up-down counters through OpenTelemetry) and histograms (seconds, with
+    :data:`DURATION_BUCKETS`): each path makes the kind its attribute's type says.
+
+    Attributes:
+        name: The name, without the ``_total`` a Prometheus exposition adds to a counter.
+        description: What it measures.
+        labels: Its label (attribute) names.
+    """
+
+    name: str
+    description: str
+    labels: tuple[str, ...]
+
+
+PIPELINE_RUNS = MetricSpec(
+    "stageflow_pipeline_runs", "Pipeline runs by final status.", ("pipeline", "status")
+)
+PIPELINE_DURATION = MetricSpec(
+    "stageflow_pipeline_run_duration_seconds", "Wall time of pipeline runs.",
+    ("pipeline", "status"),
+)  # fmt: skip
+PIPELINE_ACTIVE = MetricSpec(
+    "stageflow_pipeline_runs_active", "Pipeline runs in progress.", ("pipeline",)
+)
+STAGE_RUNS = MetricSpec(
+    "stageflow_stage_runs", "Stage executions by status and error type.",
+    ("pipeline", "stage", "status", "error_type"),
+)  # fmt: skip
+STAGE_DURATION = MetricSpec(
+    "stageflow_stage_duration_seconds", "Wall time of stage executions (all attempts); exemplars carry trace_id and span_id.",
+    ("pipeline", "stage", "status"),
+)  # fmt: skip
+STAGE_QUEUE_WAIT = MetricSpec(
+    "stageflow_stage_queue_wait_seconds", "Time between a stage's dependencies being done and the stage starting.", ("pipeline",),
+)  # fmt: skip
+STAGES_ACTIVE = MetricSpec(
+    "stageflow_stages_active", "Stage executions in progress.", ("pipeline",)
+)
+STAGE_RETRIES = MetricSpec("stageflow_stage_retries", "Stage retries.", ("pipeline", "stage"))
+INTERCEPTOR_DURATION = MetricSpec(
+    "stageflow_interceptor_duration_seconds", "Wall time inside each interceptor (including what it wraps).", ("interceptor",),
+)  # fmt: skip
+INTERCEPTOR_SHORT_CIRCUITS = MetricSpec(
+    "stageflow_interceptor_short_circuits", "Stage executions an interceptor answered without running the stage.",
+    ("interceptor", "stage"),
+)  # fmt: skip
+SUBPIPELINE_RUNS = MetricSpec(
+    "stageflow_subpipeline_runs", "Subpipeline runs by final status.",
+    ("parent_pipeline", "pipeline", "status"),
+)  # fmt: skip
+TOOL_CALLS = MetricSpec("stageflow_tool_calls", "Tool calls by status.", ("tool", "status"))
+TOOL_DURATION = MetricSpec("stageflow_tool_duration_seconds", "Wall time of tool calls.", ("tool",))
+SINK_QUEUE_SIZE = MetricSpec(
+    "stageflow_sink_queue_size", "Events waiting in an event sink's queue.", ("sink",)
+)
+SINK_QUEUE_CAPACITY = MetricSpec(
+    "stageflow_sink_queue_capacity", "Capacity of an event sink's queue.", ("sink",)
+)
+SINK_EVENTS = MetricSpec(
+    "stageflow_sink_events", "Events handled by an event sink, by result (exported, dropped_queue_full, "
+    "dropped_shutdown, export_failed).",
+    ("sink", "result"),
+)  # fmt: skip
+SINK_EXPORT_DURATION = MetricSpec(
+    "stageflow_sink_export_duration_seconds", "Wall time of one export of a batch.",
+    ("sink",),
+)  # fmt: skip
+BUILD_INFO = MetricSpec(
+    "stageflow_build_info", "Always 1; the version label says which stageflow-otel.",
+    ("version",),
+)  # fmt: skip
+
+
+def _counter(spec: MetricSpec) -> Counter:
+    return Counter(spec.name, spec.description, spec.labels, registry=None)
+
+
+def _gauge(spec: MetricSpec) -> Gauge:
+    return Gauge(spec.name, spec.description, spec.labels, registry=None)
+
+
+def _histogram(spec: MetricSpec) -> Histogram:
+    return Histogram(
+        spec.name, spec.description, spec.labels, buckets=DURATION_BUCKETS, registry=None
+    )
 
 
 def _bounded_error_type(value: str | None, extra: frozenset[str]) -> str:
@@ -173,85 +265,24 @@ class StageflowMetrics(LabelGuard):
         self.registry = registry if registry is not None else CollectorRegistry()
         self._stage_series: dict[tuple[str, str], StageSeries] = {}
         self._interceptor_series: dict[str, Any] = {}
-        reg = None  # registered below, all or none
-        b = DURATION_BUCKETS
-        self.pipeline_runs = Counter(
-            "stageflow_pipeline_runs", "Pipeline runs by final status.",
-            ("pipeline", "status"), registry=reg,
-        )  # fmt: skip
-        self.pipeline_duration = Histogram(
-            "stageflow_pipeline_run_duration_seconds", "Wall time of pipeline runs.",
-            ("pipeline", "status"), buckets=b, registry=reg,
-        )  # fmt: skip
-        self.pipeline_active = Gauge(
-            "stageflow_pipeline_runs_active", "Pipeline runs in progress.",
-            ("pipeline",), registry=reg,
-        )  # fmt: skip
-        self.stage_runs = Counter(
-            "stageflow_stage_runs", "Stage executions by status and error type.",
-            ("pipeline", "stage", "status", "error_type"), registry=reg,
-        )  # fmt: skip
-        self.stage_duration = Histogram(
-            "stageflow_stage_duration_seconds",
-            "Wall time of stage executions (all attempts); exemplars carry trace_id and span_id.",
-            ("pipeline", "stage", "status"), buckets=b, registry=reg,
-        )  # fmt: skip
-        self.stage_queue_wait = Histogram(
-            "stageflow_stage_queue_wait_seconds",
-            "Time between a stage's dependencies being done and the stage starting.",
-            ("pipeline",), buckets=b, registry=reg,
-        )  # fmt: skip
-        self.stages_active = Gauge(
-            "stageflow_stages_active", "Stage executions in progress.",
-            ("pipeline",), registry=reg,
-        )  # fmt: skip
-        self.stage_retries = Counter(
-            "stageflow_stage_retries", "Stage retries.",
-            ("pipeline", "stage"), registry=reg,
-        )  # fmt: skip
-        self.interceptor_duration = Histogram(
-            "stageflow_interceptor_duration_seconds",
-            "Wall time inside each interceptor (including what it wraps).",
-            ("interceptor",), buckets=b, registry=reg,
-        )  # fmt: skip
-        self.interceptor_short_circuits = Counter(
-            "stageflow_interceptor_short_circuits",
-            "Stage executions an interceptor answered without running the stage.",
-            ("interceptor", "stage"), registry=reg,
-        )  # fmt: skip
-        self.subpipeline_runs = Counter(
-            "stageflow_subpipeline_runs", "Subpipeline runs by final status.",
-            ("parent_pipeline", "pipeline", "status"), registry=reg,
-        )  # fmt: skip
-        self.tool_calls = Counter(
-            "stageflow_tool_calls", "Tool calls by status.", ("tool", "status"), registry=reg
-        )
-        self.tool_duration = Histogram(
-            "stageflow_tool_duration_seconds", "Wall time of tool calls.",
-            ("tool",), buckets=b, registry=reg,
-        )  # fmt: skip
-        self.sink_queue_size = Gauge(
-            "stageflow_sink_queue_size", "Events waiting in an event sink's queue.",
-            ("sink",), registry=reg,
-        )  # fmt: skip
-        self.sink_queue_capacity = Gauge(
-            "stageflow_sink_queue_capacity", "Capacity of an event sink's queue.",
-            ("sink",), registry=reg,
-        )  # fmt: skip
-        self.sink_events = Counter(
-            "stageflow_sink_events",
-            "Events handled by an event sink, by result (exported, dropped_queue_full, "
-            "dropped_shutdown, export_failed).",
-            ("sink", "result"), registry=reg,
-        )  # fmt: skip
-        self.sink_export_duration = Histogram(
-            "stageflow_sink_export_duration_seconds", "Wall time of one export of a batch.",
-            ("sink",), buckets=b, registry=reg,
-        )  # fmt: skip
-        self.build_info = Gauge(
-            "stageflow_build_info", "Always 1; the version label says which stageflow-otel.",
-            ("version",), registry=reg,
-        )  # fmt: skip
+        self.pipeline_runs = _counter(PIPELINE_RUNS)
+        self.pipeline_duration = _histogram(PIPELINE_DURATION)
+        self.pipeline_active = _gauge(PIPELINE_ACTIVE)
+        self.stage_runs = _counter(STAGE_RUNS)
+        self.stage_duration = _histogram(STAGE_DURATION)
+        self.stage_queue_wait = _histogram(STAGE_QUEUE_WAIT)
+        self.stages_active = _gauge(STAGES_ACTIVE)
+        self.stage_retries = _counter(STAGE_RETRIES)
+        self.interceptor_duration = _histogram(INTERCEPTOR_DURATION)
+        self.interceptor_short_circuits = _counter(INTERCEPTOR_SHORT_CIRCUITS)
+        self.subpipeline_runs = _counter(SUBPIPELINE_RUNS)
+        self.tool_calls = _counter(TOOL_CALLS)
+        self.tool_duration = _histogram(TOOL_DURATION)
+        self.sink_queue_size = _gauge(SINK_QUEUE_SIZE)
+        self.sink_queue_capacity = _gauge(SINK_QUEUE_CAPACITY)
+        self.sink_events = _counter(SINK_EVENTS)
+        self.sink_export_duration = _histogram(SINK_EXPORT_DURATION)
+        self.build_info = _gauge(BUILD_INFO)
         self.build_info.labels(version=package_version()).set(1)
         self._collectors = tuple(
             value for value in vars(self).values() if isinstance(value, Counter | Gauge | Histogram)
