@@ -15,6 +15,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from stageflow_otel.core import CollectingEventSink, RunIdentity
 from stageflow_otel.demo import build_order_pipeline, order_input
+from stageflow_otel.observability._compact_metrics import CompactCounter, CompactHistogram
 from stageflow_otel.observability.metrics import StageflowMetrics
 from stageflow_otel.testing import InMemoryTelemetry, in_memory_telemetry
 from tests.support.contract import (
@@ -37,11 +38,15 @@ def test_the_contract_is_the_projects_own_file() -> None:
 
 def test_registered_metrics_are_the_contract_metrics() -> None:
     metrics = StageflowMetrics(CollectorRegistry())
-    registered = {
-        (m._name + "_total" if m._type == "counter" else m._name): (m._type, set(m._labelnames))
-        for m in vars(metrics).values()
-        if isinstance(m, MetricWrapperBase)
-    }
+    registered = {}
+    for m in vars(metrics).values():
+        if isinstance(m, MetricWrapperBase):
+            name, kind, labels = m._name, m._type, m._labelnames
+        elif isinstance(m, CompactCounter | CompactHistogram):
+            name, kind, labels = m.name, m.kind, m.labelnames
+        else:
+            continue
+        registered[name + "_total" if kind == "counter" else name] = (kind, set(labels))
     documented = {
         name: (metric.type, set(metric.labels)) for name, metric in contract_metrics().items()
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .metrics import StageflowMetrics, adder, observe, observe_with_trace
+from .metrics import StageflowMetrics, adder, observe
 from .recorders import Recorder
 from .records import current_run
 
@@ -63,13 +63,10 @@ class MetricRecorder(Recorder):
         """Count and time the stage, with an exemplar of its span."""
         error_type = outcome.error_type
         label_error = "" if error_type is None else self.metrics.error_type_label(error_type)
-        add_run, durations = stage.series.outcome(outcome.status, label_error)
+        add_run, observe_duration = stage.series.outcome(outcome.status, label_error)
         add_run(1)
-        ids = stage.hex_ids
-        if ids is not None:
-            observe_with_trace(durations, outcome.duration_s, *ids)
-        else:
-            durations.observe(outcome.duration_s)
+        span_context = stage.span_context
+        observe_duration(outcome.duration_s, span_context if span_context.is_valid else None)
         stage.run.active_series(-1)
 
     def stage_retried(self, stage: StageRecord, event: Event) -> None:

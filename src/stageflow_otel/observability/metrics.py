@@ -22,6 +22,13 @@ from prometheus_client.samples import Exemplar
 
 from stageflow_otel._version import package_version
 
+from ._compact_metrics import (
+    CompactCounter,
+    CompactHistogram,
+    CounterSeries,
+    compact_metrics_supported,
+)
+
 __all__ = (
     "DURATION_BUCKETS",
     "KNOWN_ERROR_TYPES",
@@ -156,6 +163,20 @@ def _histogram(spec: MetricSpec) -> Histogram:
     )
 
 
+def _per_stage_counter(spec: MetricSpec) -> CompactCounter | Counter:
+    """A counter with a series per stage: compact unless in multiprocess mode."""
+    if compact_metrics_supported():
+        return CompactCounter(spec.name, spec.description, spec.labels)
+    return _counter(spec)
+
+
+def _per_stage_histogram(spec: MetricSpec) -> CompactHistogram | Histogram:
+    """A histogram with a series per stage: compact unless in multiprocess mode."""
+    if compact_metrics_supported():
+        return CompactHistogram(spec.name, spec.description, spec.labels, DURATION_BUCKETS)
+    return _histogram(spec)
+
+
 def _bounded_error_type(value: str | None, extra: frozenset[str]) -> str:
     if not value:
         return ""
@@ -268,8 +289,9 @@ class StageflowMetrics(LabelGuard):
         self.pipeline_runs = _counter(PIPELINE_RUNS)
         self.pipeline_duration = _histogram(PIPELINE_DURATION)
         self.pipeline_active = _gauge(PIPELINE_ACTIVE)
-        self.stage_runs = _counter(STAGE_RUNS)
-        self.stage_duration = _histogram(STAGE_DURATION)
+        # A series per stage: the compact kind, which keeps a series in one object.
+        self.stage_runs = _per_stage_counter(STAGE_RUNS)
+        self.stage_duration = _per_stage_histogram(STAGE_DURATION)
         self.stage_queue_wait = _histogram(STAGE_QUEUE_WAIT)
         self.stages_active = _gauge(STAGES_ACTIVE)
         self.stage_retries = _counter(STAGE_RETRIES)
@@ -285,7 +307,9 @@ class StageflowMetrics(LabelGuard):
         self.build_info = _gauge(BUILD_INFO)
         self.build_info.labels(version=package_version()).set(1)
         self._collectors = tuple(
-            value for value in vars(self).values() if isinstance(value, Counter | Gauge | Histogram)
+            value
+            for value in vars(self).values()
+            if isinstance(value, Counter | Gauge | Histogram | CompactCounter | CompactHistogram)
         )
         registered: list[Any] = []
         try:
@@ -350,17 +374,39 @@ class StageSeries:
         self._outcomes: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def outcome(self, status: str, error_type: str) -> tuple[Any, Any]:
-        """``(add to stage_runs, stage_duration child)`` for a status and error-type label."""
+        """``(add_run, observe_duration)`` for a status and error-type label.
+
+        ``add_run(1)`` counts a run in ``stageflow_stage_runs``; ``observe_duration(seconds,
+        span_context)`` observes ``stageflow_stage_duration_seconds`` with the span context
+        (or ``None``) as its exemplar.
+        """
         key = (status, error_type)
         children = self._outcomes.get(key)
         if children is None:
             metrics = self._metrics
+            runs = metrics.stage_runs.labels(self._pipeline, self.label, status, error_type)
+            durations = metrics.stage_duration.labels(self._pipeline, self.label, status)
             children = (
-                adder(metrics.stage_runs.labels(self._pipeline, self.label, status, error_type)),
-                metrics.stage_duration.labels(self._pipeline, self.label, status),
+                adder(runs),
+                durations.observe
+                if isinstance(metrics.stage_duration, CompactHistogram)
+                else _traced_observer(durations),
             )
             self._outcomes[key] = children
         return children
+
+
+def _traced_observer(child: Any) -> Any:
+    """``observe(seconds, span_context)`` on a ``prometheus_client`` histogram child."""
+
+    def observe_duration(amount: float, span_context: Any = None) -> None:
+        if span_context is None:
+            child.observe(amount)
+        else:
+            trace_id = format(span_context.trace_id, "032x")
+            observe_with_trace(child, amount, trace_id, format(span_context.span_id, "016x"))
+
+    return observe_duration
 
 
 def adder(child: Any) -> Any:
@@ -371,6 +417,8 @@ def adder(child: Any) -> Any:
     is not negative (ours never is). Falls back to ``inc`` for a child without the layout this
     was written for.
     """
+    if isinstance(child, CounterSeries):
+        return child.inc
     value = getattr(child, "_value", None)
     inc = getattr(value, "inc", None)
     return inc if callable(inc) else child.inc
