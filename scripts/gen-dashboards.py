@@ -87,6 +87,13 @@ class Target:
 # --------------------------------------------------------------------------- panels
 
 
+LATENCY_ALERTS = (
+    "StageflowStageLatencyBudgetBurnFast",
+    "StageflowStageLatencyBudgetBurnSlow",
+    "StageflowStageLatencyBudgetBurnTicket",
+)
+"""The multi-window, multi-burn-rate alerts on the stage latency objective."""
+
 RUNBOOK = "https://github.com/stageflow-otel/stageflow-otel/blob/main/docs/operations.md"
 """docs/operations.md as a browser opens it; each alert has a section (the alert, lower case)."""
 
@@ -328,8 +335,36 @@ TOOL_VAR = query_variable(
 )
 
 
+def firing_alerts(alerts: tuple[str, ...], by_pipeline: bool) -> Json:
+    """An annotation per firing alert of ``ops/prometheus-rules.yml`` the dashboard is about.
+
+    Prometheus's ``ALERTS`` series, as the Prometheus data source reads an annotation query.
+    With a pipeline variable, alerts of other pipelines are left out (alerts without a
+    ``pipeline`` label, such as a sink's, are kept).
+    """
+    pipeline = ', pipeline=~"$pipeline|"' if by_pipeline else ""
+    return {
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "enable": True,
+        "expr": f'ALERTS{{alertstate="firing", alertname=~"{"|".join(alerts)}"{pipeline}}}',
+        "hide": False,
+        "iconColor": "red",
+        "name": "Firing alerts",
+        "step": "1m",
+        "tagKeys": "severity,pipeline,stage,sink,tool",
+        "textFormat": "{{alertname}} ({{severity}})",
+        "titleFormat": "{{alertname}}",
+        "useValueForTime": False,
+    }
+
+
 def dashboard(
-    uid: str, title: str, description: str, variables: list[Json], layout: Layout
+    uid: str,
+    title: str,
+    description: str,
+    variables: list[Json],
+    layout: Layout,
+    alerts: tuple[str, ...],
 ) -> Json:
     return {
         "annotations": {
@@ -342,7 +377,8 @@ def dashboard(
                     "iconColor": "rgba(0, 211, 255, 1)",
                     "name": "Annotations & Alerts",
                     "type": "dashboard",
-                }
+                },
+                firing_alerts(alerts, PIPELINE_VAR in variables),
             ]
         },
         "description": description,
@@ -536,6 +572,11 @@ def pipelines_overview() -> Json:
         "Pipeline runs: throughput by status, error ratio, duration quantiles, active runs.",
         [JOB_VAR, PIPELINE_VAR],
         lay,
+        (
+            "StageflowPipelineFailureRatioHigh",
+            "StageflowNoRuns",
+            *LATENCY_ALERTS,
+        ),
     )
 
 
@@ -695,6 +736,7 @@ def stages() -> Json:
         "queue wait and concurrency.",
         [JOB_VAR, PIPELINE_VAR, STAGE_VAR],
         lay,
+        (*LATENCY_ALERTS, "StageflowCircuitBreakerOpen", "StageflowPipelineFailureRatioHigh"),
     )
 
 
@@ -834,6 +876,7 @@ def sinks() -> Json:
         " export latency and failures.",
         [JOB_VAR, SINK_VAR],
         lay,
+        ("StageflowEventSinkDropping",),
     )
 
 
@@ -915,6 +958,7 @@ def tools() -> Json:
         "Tool calls (rate, errors, duration) and subpipeline runs spawned by each parent pipeline.",
         [JOB_VAR, PIPELINE_VAR, TOOL_VAR],
         lay,
+        ("StageflowToolFailureRatioHigh", "StageflowPipelineFailureRatioHigh"),
     )
 
 

@@ -71,14 +71,64 @@ def test_committed_dashboards_match_the_generator() -> None:
     assert result.returncode == 0, result.stderr
 
 
+# The fields the Prometheus data source reads from an annotation query. @grafana/schema types
+# an annotation's query only as the built-in Grafana source's (its own comment: "this should
+# be a regular DataQuery"), so these are checked here and the rest against Grafana's schema.
+PROMETHEUS_ANNOTATION = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["datasource", "enable", "expr", "name", "titleFormat"],
+    "properties": {
+        "datasource": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["type", "uid"],
+            "properties": {"type": {"const": "prometheus"}, "uid": {"const": "${datasource}"}},
+        },
+        "enable": {"type": "boolean"},
+        "hide": {"type": "boolean"},
+        "iconColor": {"type": "string"},
+        "name": {"type": "string", "minLength": 1},
+        "expr": {"type": "string", "minLength": 1},
+        "step": {"type": "string", "pattern": "^[0-9]+[smh]$"},
+        "tagKeys": {"type": "string"},
+        "textFormat": {"type": "string"},
+        "titleFormat": {"type": "string"},
+        "useValueForTime": {"type": "boolean"},
+    },
+}
+PROMETHEUS_ONLY = frozenset(PROMETHEUS_ANNOTATION["properties"]) - {  # type: ignore[call-overload]
+    "datasource", "enable", "hide", "iconColor", "name",
+}  # fmt: skip
+
+
+def _schema_errors(validator: jsonschema.Draft7Validator, document: Json) -> list[str]:
+    return [
+        f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
+        for error in validator.iter_errors(document)
+    ]
+
+
 @dashboard_paths
 def test_dashboard_validates_against_grafana_schema(path: Path, grafana_schema: Json) -> None:
-    validator = jsonschema.Draft7Validator(grafana_schema)
-    errors = [
-        f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
-        for error in validator.iter_errors(load_dashboard(path))
-    ]
+    dashboard = load_dashboard(path)
+    errors = []
+    for annotation in dashboard["annotations"]["list"]:
+        if annotation["datasource"]["type"] == "prometheus":
+            errors += _schema_errors(jsonschema.Draft7Validator(PROMETHEUS_ANNOTATION), annotation)
+            for key in PROMETHEUS_ONLY:
+                annotation.pop(key, None)
+    errors += _schema_errors(jsonschema.Draft7Validator(grafana_schema), dashboard)
     assert errors == []
+
+
+def test_the_annotation_schema_rejects_a_misspelt_field() -> None:
+    dashboard = load_dashboard(DASHBOARD_FILES[0])
+    [annotation] = [
+        a for a in dashboard["annotations"]["list"] if a["datasource"]["type"] == "prometheus"
+    ]
+    annotation["title_format"] = annotation.pop("titleFormat")
+    assert not jsonschema.Draft7Validator(PROMETHEUS_ANNOTATION).is_valid(annotation)
 
 
 def test_grafana_schema_rejects_a_broken_dashboard(grafana_schema: Json) -> None:

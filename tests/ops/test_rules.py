@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.ops.helpers import contract_problems, contract_series, parse_promql
+from tests.ops.helpers import (
+    DASHBOARD_FILES,
+    contract_problems,
+    contract_series,
+    load_dashboard,
+    parse_promql,
+)
 from tests.support.servers import REPO_ROOT, require_binary
 
 RULES_FILE = REPO_ROOT / "ops" / "prometheus-rules.yml"
@@ -156,3 +162,83 @@ def test_promtool_check_config_loads_the_rules() -> None:
     result = _promtool("check", "config", PROMETHEUS_CONFIG)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(_rules())} rules found" in result.stdout
+
+
+def _alert_annotations() -> dict[str, str]:
+    """The firing-alerts annotation query of each dashboard."""
+    found = {}
+    for path in DASHBOARD_FILES:
+        queries = [
+            a["expr"]
+            for a in load_dashboard(path)["annotations"]["list"]
+            if a["datasource"]["type"] == "prometheus"
+        ]
+        assert len(queries) == 1, f"{path.name}: one firing-alerts annotation expected"
+        found[path.name] = queries[0]
+    return found
+
+
+def _series_text(labels: dict[str, str]) -> str:
+    inner = ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return f"ALERTS{{{inner}}}"
+
+
+def test_dashboards_annotate_exactly_their_firing_alerts(tmp_path: Path) -> None:
+    """Each dashboard's annotation query, run by promtool on the rule tests' own traffic.
+
+    Where a rule test expects alert X firing (or silent) at time T, the annotation query of a
+    dashboard about X returns exactly those firing alerts at T (none when silent); a dashboard
+    not about X returns none of them. The pipeline variable narrows to the alert's pipeline.
+    """
+    annotations = _alert_annotations()
+    about = {
+        name: set(re.search(r'alertname=~"([^"]+)"', expr)[1].split("|"))  # type: ignore[index]
+        for name, expr in annotations.items()
+    }
+    assert set().union(*about.values()) == set(_alerts()), "an alert no dashboard shows"
+    tests = []
+    checked = 0
+    for path in RULE_TESTS:
+        for group in _yaml(path)["tests"]:
+            cases = []
+            for case in group.get("alert_rule_test", []):
+                alert, at = case["alertname"], case["eval_time"]
+                firing = [
+                    {"alertname": alert, "alertstate": "firing", **e.get("exp_labels", {})}
+                    for e in case.get("exp_alerts") or []
+                ]
+                for dashboard, expr in annotations.items():
+                    shown = firing if alert in about[dashboard] else []
+                    variants = [(".*", shown)]
+                    if "$pipeline" in expr and shown:
+                        pipeline = shown[0].get("pipeline", "")
+                        variants.append(
+                            (
+                                pipeline,
+                                [a for a in shown if a.get("pipeline", "") in ("", pipeline)],
+                            )
+                        )
+                        variants.append(("none-such", [a for a in shown if "pipeline" not in a]))
+                    for value, expected in variants:
+                        query = expr.replace("$pipeline", value)
+                        cases.append(
+                            {
+                                "expr": f'({query}) and on(alertname) ALERTS{{alertname="{alert}"}}',
+                                "eval_time": at,
+                                "exp_samples": [
+                                    {"labels": _series_text(a), "value": 1} for a in expected
+                                ],
+                            }
+                        )
+                        checked += 1
+            if cases:
+                tests.append({**group, "alert_rule_test": [], "promql_expr_test": cases})
+    assert checked > 50
+    generated = tmp_path / "annotations.test.yml"
+    generated.write_text(
+        yaml.safe_dump(
+            {"rule_files": [str(RULES_FILE)], "evaluation_interval": "1m", "tests": tests}
+        )
+    )
+    result = _promtool("test", "rules", generated)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
