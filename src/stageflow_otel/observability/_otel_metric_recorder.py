@@ -117,7 +117,7 @@ class OtelMetricRecorder(Recorder):
         self.stage_queue_wait.record(call.queue_wait_s, pipeline)
 
     def stage_ended(self, stage: StageRecord, call: StageCall, outcome: StageOutcome) -> None:
-        """Count and time the stage (the SDK takes exemplars from the current stage span)."""
+        """Count and time the stage; the SDK takes the duration's exemplar from the stage span."""
         pipeline = self._pipeline(stage.run)
         name = self.labels.stage_label(pipeline, stage.name)
         error_type = self.labels.error_type_label(outcome.error_type)
@@ -131,7 +131,9 @@ class OtelMetricRecorder(Recorder):
             },
         )
         self.stage_duration.record(
-            outcome.duration_s, {"pipeline": pipeline, "stage": name, "status": outcome.status}
+            outcome.duration_s,
+            {"pipeline": pipeline, "stage": name, "status": outcome.status},
+            context=stage.context,  # the stage span's: the exemplar points at it
         )
         self.stages_active.add(-1, {"pipeline": pipeline})
 

@@ -110,3 +110,32 @@ async def test_stage_labels_are_bounded_alike_on_both_paths() -> None:
     stages = sorted(p.attributes["stage"] for p in found["stageflow_stage_runs"])
     assert stages == ["_OTHER", "a"]
     assert list(telemetry.registry.collect()) == []  # no Prometheus metrics asked for
+
+
+async def test_stage_durations_carry_exemplars_of_the_stage_spans() -> None:
+    reader = InMemoryMetricReader()
+    recorded = in_memory_telemetry(
+        canonical_logs=False, meter_provider=MeterProvider(metric_readers=[reader])
+    )
+    graph = (
+        Pipeline("orders")
+        .with_stage("load", ok_stage)
+        .with_stage("charge", ok_stage, dependencies=["load"])
+        .build(hooks=recorded.hooks)
+    )
+    await run_graph(graph)
+    found = points(reader)  # exemplars are those since the last collection: collect first
+    recorded.shutdown()
+    spans = {
+        s.name: s.context
+        for s in recorded.exporter.get_finished_spans()
+        if s.name.startswith("stage.")
+    }
+    for stage in ("load", "charge"):
+        point = value(
+            found, "stageflow_stage_duration_seconds", pipeline="orders", stage=stage,
+            status="ok",
+        )  # fmt: skip
+        [exemplar] = point.exemplars
+        assert exemplar.span_id == spans[f"stage.run {stage}"].span_id
+        assert exemplar.trace_id == spans[f"stage.run {stage}"].trace_id
