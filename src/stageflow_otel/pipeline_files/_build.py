@@ -80,6 +80,13 @@ def _suggest(value: object, choices: list[str]) -> str:
     return f"did you mean {close[0]!r}? " if close else ""
 
 
+def _choose(value: object, choices: list[str], otherwise: str) -> str:
+    """The fix for a value that is not one of ``choices``."""
+    listed = ", ".join(choices)
+    suggestion = _suggest(value, choices)
+    return f"{suggestion}(allowed: {listed})" if suggestion else f"{otherwise} {listed}"
+
+
 def _one(error: jsonschema.ValidationError, source: Source) -> list[Problem]:
     path: DataPath = tuple(error.absolute_path)
     validator, instance = error.validator, error.instance
@@ -93,7 +100,7 @@ def _one(error: jsonschema.ValidationError, source: Source) -> list[Problem]:
             source.problem(
                 (*path, key),
                 f"unknown key {key!r}",
-                f"{_suggest(key, allowed)}(allowed here: {', '.join(allowed)})",
+                _choose(key, allowed, "remove it; the keys allowed here are"),
                 at_key=True,
             )
             for key in extras
@@ -119,12 +126,12 @@ def _one(error: jsonschema.ValidationError, source: Source) -> list[Problem]:
             source.problem(
                 path,
                 f"{instance!r} is not one of {', '.join(choices)}",
-                f"{_suggest(instance, choices)}(one of: {', '.join(choices)})",
+                _choose(instance, choices, "use one of"),
             )
         ]
     if validator in ("minimum", "exclusiveMinimum"):
         bound = expected
-        need = f"at least {bound}" if validator == "minimum" else f"greater than {bound}"
+        need = f"of at least {bound}" if validator == "minimum" else f"greater than {bound}"
         return [source.problem(path, f"{instance!r} is too small", f"use a number {need}")]
     if validator == "minLength":
         return [source.problem(path, "must not be empty", "write a non-empty string")]

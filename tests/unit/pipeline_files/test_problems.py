@@ -286,13 +286,13 @@ def test_the_error_lists_every_problem_with_its_fix(tmp_path: Path) -> None:
     assert message.splitlines() == [
         f"pipeline file {path} has 2 problems:",
         (
-            f"  {path}:2:1: stagez: unknown key 'stagez'. Fix: did you mean 'stages'? (allowed here: "
+            f"  {path}:2:1: stagez: unknown key 'stagez'. Fix: did you mean 'stages'? (allowed: "
             "$schema, description, event_sinks, failure_mode, interceptors, max_concurrency, name, "
             "stages)"
         ),
         (
             f"  {path}:6:5: stages.a.timout: unknown key 'timout'. Fix: did you mean 'timeout'? "
-            "(allowed here: after, args, conditional, dependencies, interceptors, kind, runner, "
+            "(allowed: after, args, conditional, dependencies, interceptors, kind, runner, "
             "timeout)"
         ),
     ]
