@@ -171,3 +171,11 @@ def test_plugins_lists_every_group() -> None:
         "stageflow_otel.interceptors",
         "stageflow_otel.sinks",
     ]
+
+
+def test_schema_prints_the_shipped_schema() -> None:
+    from stageflow_otel.pipeline_files import schema
+
+    result = run_cli("schema")
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == schema()

@@ -148,10 +148,17 @@ def _plugins(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _schema(args: argparse.Namespace) -> int:
+    from stageflow_otel.pipeline_files import schema
+
+    sys.stdout.write(json.dumps(schema(), indent=2) + "\n")
+    return EXIT_OK
+
+
 def add_file_commands(
     commands: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
 ) -> None:
-    """Add ``validate`` and ``plugins`` to the command line."""
+    """Add ``validate``, ``schema`` and ``plugins`` to the command line."""
     validate = commands.add_parser(
         "validate",
         parents=[common],
@@ -170,6 +177,15 @@ def add_file_commands(
         "and overrides) as JSON, keyed by file",
     )
     validate.set_defaults(handler=_validate)
+
+    schema = commands.add_parser(
+        "schema",
+        parents=[common],
+        help="print the JSON Schema of pipeline files",
+        description="Print the JSON Schema of pipeline files, for editors: "
+        "stageflow-otel schema > pipeline-file.schema.json",
+    )
+    schema.set_defaults(handler=_schema)
 
     plugins = commands.add_parser(
         "plugins",
