@@ -9,6 +9,7 @@ each value remembering the override it came from.
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -294,10 +295,16 @@ class _YamlConverter:
 
 
 def _scalar(text: str) -> Any:
-    """``5`` -> 5, ``true`` -> True, ``null`` -> None, ``0.5`` -> 0.5; anything else as text."""
+    """``5`` -> 5, ``true`` -> True, ``null`` -> None, ``0.5`` -> 0.5; anything else as text.
+
+    ``NaN`` and ``Infinity`` stay text: no setting takes them, and the schema's bounds cannot
+    reject a NaN.
+    """
     try:
         value = json.loads(text)
     except ValueError:
+        return text
+    if isinstance(value, float) and not math.isfinite(value):
         return text
     return value if value is None or isinstance(value, bool | int | float) else text
 

@@ -25,6 +25,16 @@ class Shout:
         return {"text": "!" * self.times}
 
 
+class Echo:
+    """A stage class that can be made without arguments."""
+
+    def __init__(self, prefix: str = "echo") -> None:
+        self.prefix = prefix
+
+    async def execute(self, ctx: StageContext) -> dict[str, Any]:
+        return {"text": self.prefix}
+
+
 class Tagging(BaseInterceptor):
     """Adds ``tag`` to the stage's output metadata."""
 
@@ -43,3 +53,4 @@ def broken_factory() -> None:
 
 
 not_callable = 42
+shout_once = Shout(times=1)

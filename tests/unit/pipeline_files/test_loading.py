@@ -27,7 +27,7 @@ from stageflow_otel.pipeline_files import (
 from stageflow_otel.testing import in_memory_telemetry
 from tests.support.contract import parse_span_attributes, telemetry_markdown
 
-from .support import Shout, Tagging
+from .support import Echo, Shout, Tagging
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO_ROOT / "examples"
@@ -255,3 +255,28 @@ async def test_the_toml_payment_pipeline_gives_the_span_tree_of_its_python_twin(
 )
 def test_every_shipped_example_loads(path: Path) -> None:
     assert len(load_pipeline(path, environ={})) > 0
+
+
+def test_a_class_runner_is_instantiated_per_execution_without_args_and_once_with_them(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        "p.yaml",
+        f"""
+        name: classes
+        stages:
+          per_execution:
+            runner: {SUPPORT}:Echo
+          once:
+            runner: {SUPPORT}:Echo
+            args: {{}}
+          configured:
+            runner: {SUPPORT}:Shout
+            args: {{times: 2}}
+        """,
+    )
+    per_execution, once, configured = load_pipeline(path, environ={}).specs
+    assert per_execution.runner is Echo
+    assert isinstance(once.runner, Echo)
+    assert isinstance(configured.runner, Shout)

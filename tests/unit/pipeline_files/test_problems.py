@@ -170,6 +170,22 @@ YAML_CASES: list[tuple[str, str, list[tuple[int | None, int | None, str, str]]]]
         [(4, 13, "stages.e.runner", "expected an import path")],
     ),
     (
+        "an import that raises, and args for an instance",
+        f"""\
+        name: p
+        stages:
+          a:
+            runner: tests.unit.pipeline_files.explodes:stage
+          b:
+            runner: {SUPPORT}:shout_once
+            args: {{times: 2}}
+        """,
+        [
+            (4, 13, "stages.a.runner", "RuntimeError: this module cannot be imported"),
+            (7, 11, "stages.b.args", "`args` need a class or a function runner"),
+        ],
+    ),
+    (
         "a missing dependency",
         f"""\
         name: p
@@ -372,6 +388,7 @@ def test_every_problem_of_a_toml_file_is_located(
         (["a.interceptors.5.timeout=1"], "--set a.interceptors.5.timeout=1", "is no index"),
         (["a.timeout=-2"], "--set a.timeout=-2", "-2 is too small"),
         (["a.kind=big"], "--set a.kind=big", "'big' is not one of"),
+        (["a.timeout=NaN"], "--set a.timeout=NaN", "expected a number or null, got 'NaN'"),
         (["a.colour=red"], "--set a.colour=red", "unknown key 'colour'"),
     ],
 )
