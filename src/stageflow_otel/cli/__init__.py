@@ -7,8 +7,8 @@ into a self-contained HTML timeline; ``validate`` checks pipeline files; ``plugi
 installed plugins.
 
 Exit codes: 0 success, 1 the pipeline failed (or is invalid), 2 usage error (bad argument,
-unknown module, busy ``/metrics`` port). Errors are one line on stderr; ``--verbose`` adds the
-traceback.
+unknown module, busy ``/metrics`` port, a pipeline file with problems). Errors are one line on
+stderr (a pipeline file's problems first, one a line); ``--verbose`` adds the traceback.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from typing import Any
 from stageflow_otel.core import Pipeline, PipelineValidationError, StageGraph
 from stageflow_otel.core.events import EventSink
 
-from ._build import SCHEMA_FILE, build, schema, schema_problems
+from ._build import SCHEMA_FILE, Built, build, schema, schema_problems
 from ._source import (
     OVERRIDE_ENV_PREFIX,
     SUFFIXES,
@@ -119,8 +119,6 @@ class PipelineFile:
         Raises:
             PipelineValidationError: For an invalid option.
         """
-        from ._build import Built
-
         built = Built(
             self.pipeline,
             failure_mode=self.failure_mode,
