@@ -197,13 +197,18 @@ def price_order(ctx: StageContext) -> dict[str, Any]:
 
 
 class ReserveStock:
-    """Reserves the order's stock through the ``reserve_inventory`` tool."""
+    """Reserves the order's stock through the ``reserve_inventory`` tool.
+
+    Args:
+        executor: Runs the tool; by default one over :func:`build_tool_registry` (so that a
+            pipeline file can name the class alone).
+    """
 
     kind = StageKind.WORK
 
-    def __init__(self, executor: ToolExecutor) -> None:
+    def __init__(self, executor: ToolExecutor | None = None) -> None:
         self.name = "reserve_stock"
-        self.executor = executor
+        self.executor = executor if executor is not None else ToolExecutor(build_tool_registry())
 
     async def execute(self, ctx: StageContext) -> dict[str, Any]:
         """Call the tool with the order's lines; a schema violation fails the stage."""

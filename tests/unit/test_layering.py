@@ -11,7 +11,15 @@ import pytest
 TELEMETRY = ("opentelemetry", "prometheus_client", "structlog")
 
 
-@pytest.mark.parametrize("module", ["stageflow_otel.core", "stageflow_otel"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "stageflow_otel.core",
+        "stageflow_otel",
+        "stageflow_otel.pipeline_files",
+        "stageflow_otel.plugins",
+    ],
+)
 def test_module_imports_no_telemetry_library(module: str) -> None:
     code = (
         "import importlib, json, sys\n"

@@ -1,12 +1,14 @@
 """The ``stageflow-otel`` command line.
 
 ``stageflow-otel demo`` runs the example order pipeline with telemetry on an embedded default;
-``run MODULE:PIPELINE`` does the same for a pipeline of yours; ``graph`` prints a pipeline's
-DAG as DOT or Mermaid; ``timeline`` turns a trace file into a self-contained HTML timeline.
+``run MODULE:PIPELINE`` (or ``run FILE``, a pipeline file) does the same for a pipeline of
+yours; ``graph`` prints a pipeline's DAG as DOT or Mermaid; ``timeline`` turns a trace file
+into a self-contained HTML timeline; ``validate`` checks pipeline files; ``plugins`` lists the
+installed plugins.
 
 Exit codes: 0 success, 1 the pipeline failed (or is invalid), 2 usage error (bad argument,
-unknown module, busy ``/metrics`` port). Errors are one line on stderr; ``--verbose`` adds the
-traceback.
+unknown module, busy ``/metrics`` port, a pipeline file with problems). Errors are one line on
+stderr (a pipeline file's problems first, one a line); ``--verbose`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from . import _files
 from ._errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandFailed, UsageError
 
 if TYPE_CHECKING:
@@ -177,9 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, session],
         help="run your pipeline with telemetry",
         description="Run MODULE:PIPELINE (a Pipeline, a StageGraph, or a function returning "
-        "one) with the same telemetry and output as the demo.",
+        "one), or a pipeline file (*.yaml, *.yml, *.toml), with the same telemetry and output "
+        "as the demo.",
     )
-    run.add_argument("target", metavar="MODULE:PIPELINE", help="e.g. myapp.pipelines:checkout")
+    run.add_argument(
+        "target",
+        metavar="MODULE:PIPELINE|FILE",
+        help="e.g. myapp.pipelines:checkout, or pipelines/checkout.yaml",
+    )
+    _files.add_set_option(run)
     run.add_argument(
         "--data", metavar="JSON", help="run input: a JSON object, or @FILE holding one"
     )
@@ -192,11 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         "graph",
         parents=[common],
         help="print a pipeline's DAG as DOT or Mermaid",
-        description="Print the DAG of MODULE:PIPELINE (default: the demo's pipeline). The "
-        "pipeline is validated as for run: an invalid one (a cycle, a missing dependency) is an "
-        "error (exit 1), not a drawing.",
+        description="Print the DAG of MODULE:PIPELINE or of a pipeline file (default: the "
+        "demo's pipeline). The pipeline is validated as for run: an invalid one (a cycle, a "
+        "missing dependency) is an error, not a drawing.",
     )
-    graph.add_argument("target", metavar="MODULE:PIPELINE", nargs="?")
+    graph.add_argument("target", metavar="MODULE:PIPELINE|FILE", nargs="?")
+    _files.add_set_option(graph)
     graph.add_argument("--format", choices=("dot", "mermaid"), default="dot", help="(default: dot)")
     graph.set_defaults(handler=_graph)
 
@@ -219,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--last", type=_positive_int, metavar="N", help="only the last N traces of the file"
     )
     timeline.set_defaults(handler=_timeline)
+    _files.add_file_commands(commands, common)
     return parser
 
 
@@ -287,7 +298,11 @@ def _run(args: argparse.Namespace) -> int:
 
     data = load_data(args.data)
     options = _options(args, command="run", service="stageflow-otel")
-    graph = as_graph(load_target(args.target))
+    _files.check_overrides_need_a_file(args.target, args.overrides)
+    if _files.is_pipeline_file(args.target):
+        graph = _files.load_file(args.target, args.overrides).build()
+    else:
+        graph = as_graph(load_target(args.target))
     configure_cli_logging(_LOG_LEVELS[args.log_level])
 
     def inputs(index: int) -> tuple[dict[str, Any], RunIdentity]:
@@ -299,10 +314,13 @@ def _run(args: argparse.Namespace) -> int:
 def _graph(args: argparse.Namespace) -> int:
     from ._loader import as_graph, as_pipeline, load_target
 
+    _files.check_overrides_need_a_file(args.target, args.overrides)
     if args.target is None:
         from stageflow_otel.demo import build_order_pipeline
 
         target: Pipeline | StageGraph = build_order_pipeline()
+    elif _files.is_pipeline_file(args.target):
+        target = _files.load_file(args.target, args.overrides).pipeline
     else:
         target = load_target(args.target)
     # Validated exactly as `run` validates it: an invalid DAG is an error, not a drawing.

@@ -128,7 +128,7 @@ def as_pipeline(target: Pipeline | StageGraph) -> Pipeline:
     """The declaration of a target (a graph's stages, for drawing it)."""
     if isinstance(target, Pipeline):
         return target
-    return Pipeline(target.name, target.specs)
+    return Pipeline(target.name, target.specs, source=target.source)
 
 
 def load_data(text: str | None) -> dict[str, Any]:

@@ -223,6 +223,7 @@ class RunState:
             traceparent=self.traceparent,
             entry_point=self.entry_point,
             progress=RunProgress(self),
+            source=self.graph.source,
         )
 
         async def execute(_: RunCall) -> PipelineResults:

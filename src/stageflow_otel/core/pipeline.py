@@ -327,6 +327,12 @@ class Pipeline:
     ``with_stage`` costs O(1) amortised: pipelines built one from another share storage, so a
     100,000-stage pipeline builds in linear time.
 
+    Attributes:
+        name: The pipeline name.
+        source: Where the pipeline was declared, when it came from a file (the path of a
+            pipeline file, as ``load_pipeline`` records it); ``None`` otherwise. Pipelines
+            built from this one keep it, and tracing records it on the run span.
+
     Example::
 
         pipeline = (
@@ -337,9 +343,15 @@ class Pipeline:
         results = await pipeline.run(data={"cart_id": "c-1"})
     """
 
-    __slots__ = ("_graph_cache", "_log", "_size", "name")
+    __slots__ = ("_graph_cache", "_log", "_size", "name", "source")
 
-    def __init__(self, name: str = "pipeline", stages: Iterable[StageSpec] = ()) -> None:
+    def __init__(
+        self,
+        name: str = "pipeline",
+        stages: Iterable[StageSpec] = (),
+        *,
+        source: str | None = None,
+    ) -> None:
         if not isinstance(name, str) or not name:
             raise PipelineValidationError(
                 f"pipeline name must be a non-empty string, got {describe(name)}",
@@ -349,7 +361,13 @@ class Pipeline:
             specs = sequence_of("stages", stages, item="StageSpec (another pipeline's .specs)")
         except TypeError as exc:
             raise PipelineValidationError(f"pipeline {name!r}: {exc}") from None
+        if source is not None and not isinstance(source, str):
+            raise PipelineValidationError(
+                f"pipeline {name!r}: source must be a string or None, got {describe(source)}",
+                fix_hint="pass the path of the file the pipeline was declared in",
+            )
         self.name = name
+        self.source = source
         log = _StageLog([], {})
         for index, spec in enumerate(specs):
             if not isinstance(spec, StageSpec):
@@ -363,9 +381,10 @@ class Pipeline:
         self._graph_cache: StageGraph | None = None
 
     @classmethod
-    def _view(cls, name: str, log: _StageLog, size: int) -> Pipeline:
+    def _view(cls, name: str, log: _StageLog, size: int, source: str | None) -> Pipeline:
         pipeline = cls.__new__(cls)
         pipeline.name = name
+        pipeline.source = source
         pipeline._log = log
         pipeline._size = size
         pipeline._graph_cache = None
@@ -434,7 +453,7 @@ class Pipeline:
             specs = log.specs[: self._size]
             log = _StageLog(specs, {s.name: i for i, s in enumerate(specs)})
         _append(log, spec, self.name)
-        return Pipeline._view(self.name, log, self._size + 1)
+        return Pipeline._view(self.name, log, self._size + 1, self.source)
 
     def compose(self, other: Pipeline) -> Pipeline:
         """Merge another pipeline's stages into a new pipeline named like this one.
@@ -577,6 +596,7 @@ class Pipeline:
         return StageGraph(
             self.name,
             ordered,
+            source=self.source,
             interceptors=chain,
             hooks=checked_hooks,
             event_sink=event_sink,
@@ -884,6 +904,10 @@ class StageGraph:
     """A validated, compiled pipeline, ready to run any number of times (even concurrently).
 
     Build one with ``Pipeline.build()``. Per-run state lives in the run, never in the graph.
+
+    Attributes:
+        name: The pipeline name.
+        source: Where the pipeline was declared (``Pipeline.source``), or ``None``.
     """
 
     def __init__(
@@ -891,6 +915,7 @@ class StageGraph:
         name: str,
         ordered: Sequence[StageSpec],
         *,
+        source: str | None = None,
         interceptors: tuple[Interceptor, ...] = (),
         hooks: tuple[RunHook, ...] | None = None,
         event_sink: EventSink | None = None,
@@ -902,6 +927,7 @@ class StageGraph:
         cleanup_timeout: float = 10.0,
     ) -> None:
         self.name = name
+        self.source = source
         self.specs: tuple[StageSpec, ...] = tuple(ordered)
         self.index: dict[str, int] = {spec.name: i for i, spec in enumerate(self.specs)}
         n = len(self.specs)

@@ -273,6 +273,8 @@ class RunCall:
         traceparent: A W3C ``traceparent`` the run should join, if given.
         entry_point: True when the run is the process's main unit of work (the CLI).
         progress: The run as it goes (outputs so far, cleanups, child runs), read-only.
+        source: Where the pipeline was declared (``Pipeline.source``, a pipeline file's
+            path), or ``None``.
     """
 
     pipeline: str
@@ -286,6 +288,7 @@ class RunCall:
     traceparent: str | None
     entry_point: bool
     progress: RunProgress
+    source: str | None = None
 
     @property
     def run_id(self) -> str:

@@ -158,6 +158,8 @@ class SpanRecorder(Recorder):
                 attributes[key] = value
         base = dict(attributes)
         attributes[attr.RUN_STAGE_COUNT] = len(run.stage_names)
+        if run.source is not None:
+            attributes[attr.PIPELINE_SOURCE] = run.source
         if run.parent_run_id is not None:
             attributes[attr.PARENT_RUN_ID] = run.parent_run_id
             attributes[attr.PARENT_STAGE_NAME] = run.parent_stage or ""

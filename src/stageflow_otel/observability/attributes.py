@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 PIPELINE_NAME: Final = "stageflow.pipeline.name"
+PIPELINE_SOURCE: Final = "stageflow.pipeline.source"
 RUN_ID: Final = "stageflow.run.id"
 REQUEST_ID: Final = "stageflow.request.id"
 SESSION_ID: Final = "stageflow.session.id"
