@@ -647,9 +647,16 @@ def _dask_cli() -> Path:
     return found
 
 
+def _repo_pythonpath() -> str:
+    """``PYTHONPATH`` with this repository first: test functions travel by module name."""
+    return os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+
+
 @contextlib.contextmanager
-def start_dask_scheduler(directory: Path) -> Iterator[DaskScheduler]:
-    """``dask scheduler`` on a free port of 127.0.0.1."""
+def start_dask_scheduler(
+    directory: Path, *, env: Mapping[str, str] | None = None
+) -> Iterator[DaskScheduler]:
+    """``dask scheduler`` on a free port of 127.0.0.1 (``env``: ``DASK_*`` settings)."""
     port = free_port()
     argv: list[str | os.PathLike[str]] = [
         _dask_cli(),
@@ -661,7 +668,13 @@ def start_dask_scheduler(directory: Path) -> Iterator[DaskScheduler]:
         "--no-dashboard",
         "--no-show",
     ]
-    with run_process("dask-scheduler", argv, log_path=directory / "scheduler.log") as managed:
+    with run_process(
+        "dask-scheduler",
+        argv,
+        log_path=directory / "scheduler.log",
+        env={"PYTHONPATH": _repo_pythonpath(), **(env or {})},
+        cwd=REPO_ROOT,
+    ) as managed:
         _wait_ready(managed, lambda: port_open("127.0.0.1", port), "scheduler port")
         yield DaskScheduler(address=f"tcp://127.0.0.1:{port}", managed=managed)
 
@@ -693,12 +706,11 @@ def start_dask_worker(
         "--local-directory",
         str(directory / name),
     ]
-    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     with run_process(
         f"dask-worker-{name}",
         argv,
         log_path=directory / f"{name}.log",
-        env={"PYTHONPATH": pythonpath, **(env or {})},
+        env={"PYTHONPATH": _repo_pythonpath(), **(env or {})},
         cwd=REPO_ROOT,
     ) as managed:
         _wait_ready(managed, lambda: "Registered to:" in managed.log_text(), "registration")
