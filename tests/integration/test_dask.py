@@ -33,6 +33,7 @@ from stageflow_otel.distributed.dask import (
 )
 from stageflow_otel.observability import Telemetry
 from tests.support import remote_functions as rf
+from tests.support.contract import remote_event_types
 from tests.support.servers import (
     CollectorServer,
     DaskScheduler,
@@ -216,6 +217,7 @@ def test_a_killed_worker_reruns_the_stage_on_the_other(cluster: Cluster, tmp_pat
     assert lost == started_on[:1]
     assert started_on[0] != started_on[1]
     assert [d["execution"] for t, d in remote if t == "stage.remote.started"] == [1, 2]
+    assert set(types) <= remote_event_types()  # the telemetry contract names them all
 
 
 def test_a_task_that_kills_every_worker_fails_the_stage(tmp_path: Path) -> None:

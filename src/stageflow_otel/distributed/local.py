@@ -34,7 +34,9 @@ class LocalExecutor:
 
     Args:
         max_workers: Threads of the pool (``ThreadPoolExecutor``'s default when ``None``).
-        dumps: How tasks are serialized (``pickle.dumps``; ``cloudpickle.dumps`` for lambdas).
+        dumps: How tasks are serialized: ``cloudpickle.dumps`` when cloudpickle is installed
+            (as Dask does: functions of ``__main__`` and lambdas travel by value), else
+            ``pickle.dumps``.
         telemetry: Runs each task with a ``stage.remote`` span and the worker metrics, e.g.
             ``stageflow_otel.distributed.telemetry.WorkerTelemetry``; plain calls by default.
 
@@ -45,11 +47,11 @@ class LocalExecutor:
         self,
         max_workers: int | None = None,
         *,
-        dumps: Dumps = pickle.dumps,
+        dumps: Dumps | None = None,
         telemetry: TaskRunner | None = None,
     ) -> None:
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="stageflow-remote")
-        self._dumps = dumps
+        self._dumps = dumps if dumps is not None else _default_dumps()
         self._telemetry = telemetry
 
     def submit(self, task: RemoteTask) -> TaskHandle:
@@ -91,6 +93,15 @@ class LocalExecutor:
 
     def __exit__(self, *_: object) -> None:
         self.shutdown()
+
+
+def _default_dumps() -> Dumps:
+    try:
+        import cloudpickle
+    except ImportError:
+        return pickle.dumps
+    dumps: Dumps = cloudpickle.dumps
+    return dumps
 
 
 def _finisher(handle: TaskHandle) -> Callable[[Future[Any]], None]:

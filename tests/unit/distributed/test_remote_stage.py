@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -38,7 +39,7 @@ class RecordingExecutor(LocalExecutor):
     """A local executor that remembers what it was asked to cancel."""
 
     def __init__(self) -> None:
-        super().__init__(2)
+        super().__init__(2, dumps=pickle.dumps)  # what cannot be pickled fails here
         self.cancelled: list[str] = []
         self.submitted: list[RemoteTask] = []
 
@@ -160,7 +161,9 @@ async def test_unpicklable_input_fails_at_submit_naming_stage_and_value(
     assert rf.CALLS == []
 
 
-async def test_an_unpicklable_function_fails_at_submit(executor: RecordingExecutor) -> None:
+async def test_a_function_pickle_cannot_import_fails_at_submit(
+    executor: RecordingExecutor,
+) -> None:
     graph = Pipeline("p").with_stage("anon", remote_stage(lambda ctx: {}, executor)).build()
     with pytest.raises(StageExecutionError) as caught:
         await graph.run()
@@ -245,3 +248,11 @@ def test_the_runner_is_named_after_the_function() -> None:
         runner = remote_stage(rf.square, local)
     assert runner.__qualname__ == "square"
     assert runner.__module__ == rf.__name__
+
+
+async def test_cloudpickle_ships_functions_by_value() -> None:
+    # The default where cloudpickle is installed (with the dask extra), as Dask ships them.
+    with LocalExecutor(1) as local:
+        graph = Pipeline("p").with_stage("anon", remote_stage(lambda ctx: {"ok": 1}, local))
+        results = await graph.build().run()
+    assert results.data("anon") == {"ok": 1}
