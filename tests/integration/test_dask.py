@@ -7,6 +7,9 @@ through the real collector to the real Jaeger, whose HTTP API shows one trace pe
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ from tests.support.servers import (
     DaskScheduler,
     DaskWorker,
     JaegerServer,
+    free_port,
     http_get,
     start_dask_scheduler,
     start_dask_worker,
@@ -76,7 +80,7 @@ def start_cluster(
             for name in (f"w{i}" for i in range(1, workers + 1))
         }
         client = stack.enter_context(distributed.Client(scheduler.address, timeout=30))
-        client.register_plugin(StageflowWorkerPlugin(metrics_port=0))
+        client.register_plugin(StageflowWorkerPlugin())
         executor = stack.enter_context(DaskExecutor(client))
         yield Cluster(scheduler, started, client, executor)
 
@@ -311,3 +315,59 @@ def _task_keys(dask_scheduler: Any) -> list[str]:
 def started(markers: Path) -> None:
     """Wait until the stage function has written its first marker (it is running)."""
     wait_until(lambda: list(markers.iterdir()), 30, what="the remote stage to start")
+
+
+# --------------------------------------------------------------------------- the CLI demo
+
+
+def test_the_demo_runs_its_remote_stage_on_the_cluster(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    env = {
+        "OTEL_TRACES_EXPORTER": "none",
+        "STAGEFLOW_OTEL_WORKER_METRICS_PORT": str(metrics_port),
+    }
+    with (
+        start_dask_scheduler(tmp_path) as scheduler,
+        start_dask_worker(tmp_path, scheduler.address, name="w1", env=env),
+    ):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stageflow_otel",
+                "demo",
+                "--runs",
+                "2",
+                "--dask",
+                scheduler.address,
+                "--metrics-port",
+                "0",
+                "--out",
+                str(tmp_path / "out"),
+                "--no-live",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_SDK_DISABLED": "false"},
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "stage.run price_order" in result.stdout
+        text = http_get(f"http://127.0.0.1:{metrics_port}/metrics").decode()
+    assert (
+        'stageflow_remote_stages_total{error_type="",pipeline="order_fulfilment",'
+        'stage="price_order",status="ok"} 2.0'
+    ) in text
+
+
+def test_the_demo_names_a_scheduler_it_cannot_reach() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "stageflow_otel", "demo", "--dask", "tcp://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--dask tcp://127.0.0.1:9: cannot connect to a Dask scheduler there" in result.stderr

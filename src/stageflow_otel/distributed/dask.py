@@ -35,6 +35,8 @@ PLUGIN_NAME = "stageflow-otel"
 """The name :class:`StageflowWorkerPlugin` registers under on each worker."""
 
 DEFAULT_SERVICE_NAME = "stageflow-worker"
+METRICS_PORT_VARIABLE = "STAGEFLOW_OTEL_WORKER_METRICS_PORT"
+METRICS_ADDR_VARIABLE = "STAGEFLOW_OTEL_WORKER_METRICS_ADDR"
 
 
 class DaskExecutor:
@@ -230,12 +232,16 @@ class StageflowWorkerPlugin(WorkerPlugin):
         protocol: ``grpc`` or ``http/protobuf`` (default: ``OTEL_EXPORTER_OTLP_PROTOCOL``, else
             ``grpc``).
         resource_attributes: More resource attributes.
-        metrics_port: Port of the worker's ``/metrics`` (0: any free port; ``None``: none).
-            With several workers on one host, keep 0 or give each its own.
-        metrics_addr: Address of the worker's ``/metrics``.
+        metrics_port: Port of the worker's ``/metrics``; by default
+            ``$STAGEFLOW_OTEL_WORKER_METRICS_PORT`` of the worker's environment, else 0 (any
+            free port: with several workers on one host, keep 0 or give each its own variable).
+        metrics_addr: Address of the worker's ``/metrics``; by default
+            ``$STAGEFLOW_OTEL_WORKER_METRICS_ADDR``, else 127.0.0.1.
+        metrics: Serve the worker metrics on ``/metrics`` (they are recorded either way).
 
     Raises:
-        ValueError: ``protocol`` is neither ``grpc`` nor ``http/protobuf``.
+        ValueError: ``protocol`` is neither ``grpc`` nor ``http/protobuf``, or ``metrics_port``
+            (or, on the worker, ``$STAGEFLOW_OTEL_WORKER_METRICS_PORT``) is not a port.
     """
 
     name = PLUGIN_NAME
@@ -247,29 +253,24 @@ class StageflowWorkerPlugin(WorkerPlugin):
         endpoint: str | None = None,
         protocol: str | None = None,
         resource_attributes: Mapping[str, str] | None = None,
-        metrics_port: int | None = 0,
-        metrics_addr: str = "127.0.0.1",
+        metrics_port: int | None = None,
+        metrics_addr: str | None = None,
+        metrics: bool = True,
     ) -> None:
         if protocol not in (None, "grpc", "http/protobuf"):
             raise ValueError(
                 f"StageflowWorkerPlugin: protocol must be 'grpc' or 'http/protobuf', "
                 f"got {protocol!r}"
             )
-        if metrics_port is not None and (
-            isinstance(metrics_port, bool)
-            or not isinstance(metrics_port, int)
-            or not 0 <= metrics_port <= 65535
-        ):
-            raise ValueError(
-                "StageflowWorkerPlugin: metrics_port must be an integer from 0 to 65535 "
-                f"(0: any free port) or None, got {metrics_port!r}"
-            )
+        if metrics_port is not None:
+            _check_port(metrics_port, "metrics_port")
         self.service_name = service_name
         self.endpoint = endpoint
         self.protocol = protocol
         self.resource_attributes = dict(resource_attributes or {})
         self.metrics_port = metrics_port
         self.metrics_addr = metrics_addr
+        self.metrics = metrics
         self.telemetry: Any = None
         self.metrics_url: str | None = None
         self._provider: Any = None
@@ -299,8 +300,12 @@ class StageflowWorkerPlugin(WorkerPlugin):
         if exporter is not None:
             provider.add_span_processor(BatchSpanProcessor(exporter))
         telemetry = WorkerTelemetry(provider)
-        if self.metrics_port is not None:
-            server = telemetry.serve_metrics(self.metrics_port, self.metrics_addr)
+        if self.metrics:
+            port = self.metrics_port
+            if port is None:
+                port = _env_port(METRICS_PORT_VARIABLE)
+            addr = self.metrics_addr or os.environ.get(METRICS_ADDR_VARIABLE) or "127.0.0.1"
+            server = telemetry.serve_metrics(port, addr)
             self.metrics_url = server.url
         self._provider = provider
         self.telemetry = telemetry
@@ -334,6 +339,26 @@ class StageflowWorkerPlugin(WorkerPlugin):
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         return OTLPSpanExporter(endpoint=self.endpoint)
+
+
+def _check_port(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(
+            f"StageflowWorkerPlugin: {name} must be an integer from 0 to 65535 (0: any free "
+            f"port), got {value!r}"
+        )
+    return value
+
+
+def _env_port(variable: str) -> int:
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    return _check_port(value if value >= 0 else raw, f"${variable}")
 
 
 def worker_metrics_urls(client: Client) -> dict[str, str | None]:
