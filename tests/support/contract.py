@@ -105,8 +105,12 @@ def contract_metrics() -> dict[str, ContractMetric]:
 
 
 def contract_series() -> dict[str, ContractMetric]:
-    """Every exposed series name of the contract, mapped to its metric."""
-    return {series: m for m in contract_metrics().values() for series in m.series_names()}
+    """Every exposed series name of the contract, mapped to its metric.
+
+    The worker metrics of remote stages ("## Remote stages") included: dashboards show them.
+    """
+    metrics = [*contract_metrics().values(), *remote_contract_metrics().values()]
+    return {series: m for m in metrics for series in m.series_names()}
 
 
 # --------------------------------------------------------------------------- spans
