@@ -354,6 +354,8 @@ def test_the_demo_runs_its_remote_stage_on_the_cluster(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "stage.run price_order" in result.stdout
+        # The trace tree says where the remote stage ran.
+        assert "stage.remote.started" in result.stdout
         text = http_get(f"http://127.0.0.1:{metrics_port}/metrics").decode()
     assert (
         'stageflow_remote_stages_total{error_type="",pipeline="order_fulfilment",'
