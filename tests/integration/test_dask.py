@@ -361,15 +361,3 @@ def test_the_demo_runs_its_remote_stage_on_the_cluster(tmp_path: Path) -> None:
         'stageflow_remote_stages_total{error_type="",pipeline="order_fulfilment",'
         'stage="price_order",status="ok"} 2.0'
     ) in text
-
-
-def test_the_demo_names_a_scheduler_it_cannot_reach() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "stageflow_otel", "demo", "--dask", "tcp://127.0.0.1:9"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 2
-    assert "--dask tcp://127.0.0.1:9: cannot connect to a Dask scheduler there" in result.stderr

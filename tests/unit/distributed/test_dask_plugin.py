@@ -9,6 +9,8 @@ import pytest
 
 pytest.importorskip("distributed", reason="the dask extra is not installed")
 
+from stageflow_otel.cli import _dask
+from stageflow_otel.cli._errors import UsageError
 from stageflow_otel.distributed.dask import DaskExecutor, StageflowWorkerPlugin
 from tests.support.servers import http_get
 
@@ -66,3 +68,12 @@ def test_bad_arguments_are_named() -> None:
         StageflowWorkerPlugin(metrics_port=70000)
     with pytest.raises(TypeError, match=r"DaskExecutor needs a distributed\.Client"):
         DaskExecutor(object())  # type: ignore[arg-type]
+
+
+def test_the_cli_names_a_scheduler_it_cannot_reach(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_dask, "CONNECT_TIMEOUT_S", 1)
+    with (
+        pytest.raises(UsageError, match=r"--dask tcp://127\.0\.0\.1:9: cannot connect to a Dask"),
+        _dask.dask_executor("tcp://127.0.0.1:9"),
+    ):
+        pass
