@@ -317,6 +317,38 @@ def started(markers: Path) -> None:
     wait_until(lambda: list(markers.iterdir()), 30, what="the remote stage to start")
 
 
+def test_a_worker_that_joins_later_gets_the_plugin(tmp_path: Path) -> None:
+    env = {"OTEL_TRACES_EXPORTER": "none"}
+    with (
+        start_cluster(tmp_path, workers=1, env=env) as cluster,
+        # The plugin is registered before this worker exists.
+        start_dask_worker(tmp_path, cluster.scheduler.address, name="late", env=env),
+    ):
+        wait_until(
+            lambda: len(cluster.client.scheduler_info()["workers"]) == 2,
+            30,
+            what="the late worker to join",
+        )
+        late = next(
+            address
+            for address, info in cluster.client.scheduler_info()["workers"].items()
+            if info.get("name") == "late"
+        )
+        with DaskExecutor(cluster.client, submit_options={"workers": [late]}) as pinned:
+            graph = (
+                Pipeline("late")
+                .with_stage("source", source)
+                .with_stage("square", remote_stage(rf.square, pinned), dependencies=["source"])
+                .build()
+            )
+            results = anyio.run(graph.run)
+        assert results.data("square")["worker"] == late
+        url = worker_metrics_urls(cluster.client)[late]
+        assert url is not None
+        text = http_get(url).decode()
+    assert 'stageflow_remote_stages_total{error_type="",pipeline="late",stage="square"' in text
+
+
 # --------------------------------------------------------------------------- the CLI demo
 
 
