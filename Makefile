@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DOCS_DIR ?= site
 
-.PHONY: install demo test lint typecheck docs pytest components dashboards bench bench-engine bench-peers clean
+.PHONY: install demo test lint typecheck docs pytest components dashboards bench bench-engine bench-peers bench-remote clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ bench-engine: install
 
 bench-peers: install
 	$(PY) benchmarks/peers.py
+
+# Remote stages on a local Dask cluster of 2 worker processes: overhead and speed-up.
+bench-remote: install
+	$(PY) benchmarks/remote.py
 
 clean:
 	rm -rf $(VENV) $(DOCS_DIR) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -589,6 +589,7 @@ def stages() -> Json:
             ("error", "StageflowPipelineFailureRatioHigh"),
             ("failures", "StageflowPipelineFailureRatioHigh"),
             ("short-circuit", "StageflowCircuitBreakerOpen"),
+            ("remote stage runs", "StageflowPipelineFailureRatioHigh"),
         ),
     )
     lay.row("Throughput and errors")
@@ -729,6 +730,7 @@ def stages() -> Json:
         24,
         8,
     )
+    remote_stages(lay)
     return dashboard(
         "stageflow-stages",
         "stageflow-otel / Stages",
@@ -959,6 +961,56 @@ def tools() -> Json:
         [JOB_VAR, PIPELINE_VAR, TOOL_VAR],
         lay,
         ("StageflowToolFailureRatioHigh", "StageflowPipelineFailureRatioHigh"),
+    )
+
+
+def remote_stages(lay: Layout) -> None:
+    """The "Remote stages" row: stage functions run on the workers of a cluster.
+
+    The workers' own /metrics; no stage filter, since the remote stages are usually a few of
+    the pipeline's (the worker targets belong to the application's job, or pick All).
+    """
+    remote = "stageflow_remote_stages_total"
+    base = (JOB, PIPELINE)
+    lay.row("Remote stages")
+    lay.add(
+        timeseries(
+            "Remote stage runs / s by status",
+            "Stage functions finished per second on the cluster's workers, by stage and status;"
+            " a task rerun after a lost worker counts once per run.",
+            "ops",
+            [
+                Target(
+                    f"sum by (stage, status) ({rate(sel(remote, *base))})", "{{stage}} {{status}}"
+                )
+            ],
+            stack=True,
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Remote stage duration p50 / p95 / p99",
+            "Quantiles of the time a stage function ran on a worker (without the queueing and"
+            " the round trip that stage.run spans include).",
+            "s",
+            quantile_targets("stageflow_remote_stage_duration_seconds", "stage", base),
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Remote stage runs / s by worker",
+            "Stage functions finished per second on each worker (its scrape target): an uneven"
+            " spread or a worker that stops shows here.",
+            "ops",
+            [Target(f"sum by (instance) ({rate(sel(remote, *base))})", "{{instance}}")],
+            stack=True,
+        ),
+        8,
+        8,
     )
 
 

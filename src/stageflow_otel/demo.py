@@ -28,6 +28,8 @@ re-exports it. It uses the engine and the tools only, never a telemetry library.
   validates the arguments against the tool's JSON Schema.
 - ``charge_payment`` runs the ``payment`` subpipeline (``authorize_payment`` then
   ``capture_payment``).
+- ``price_order`` is a plain ``def``; with ``build_order_pipeline(remote=executor)``
+  (``stageflow-otel demo --dask ADDRESS``) it runs on a Dask worker, in the same trace.
 - ``customs_declaration`` is conditional: it is skipped for domestic orders, because
   ``route_fulfilment`` says so with a ``skip_reason``.
 
@@ -52,6 +54,7 @@ from stageflow_otel.core import (
     TimeoutInterceptor,
     TransientError,
 )
+from stageflow_otel.distributed import RemoteExecutor, remote_stage
 from stageflow_otel.tools import ToolExecutor, ToolInput, ToolOutput, ToolRegistry, UndoMetadata
 
 __all__ = (
@@ -341,8 +344,13 @@ def build_tool_registry() -> ToolRegistry:
 # -- the pipeline -----------------------------------------------------------------------------
 
 
-def build_order_pipeline() -> Pipeline:
-    """The order pipeline of the demo (see the module documentation for its shape)."""
+def build_order_pipeline(*, remote: RemoteExecutor[Any] | None = None) -> Pipeline:
+    """The order pipeline of the demo (see the module documentation for its shape).
+
+    Args:
+        remote: When given, ``price_order`` runs on this executor's workers (a remote stage,
+            see :func:`stageflow_otel.distributed.remote_stage`), e.g. a ``DaskExecutor``.
+    """
     executor = ToolExecutor(build_tool_registry())
     flaky: list[Interceptor] = [
         RetryInterceptor(max_attempts=3, base_delay=0.02),
@@ -372,7 +380,7 @@ def build_order_pipeline() -> Pipeline:
         )
         .with_stage(
             "price_order",
-            price_order,
+            price_order if remote is None else remote_stage(price_order, remote),
             StageKind.TRANSFORM,
             ["load_order", "enrich_customer", "quote_shipping"],
         )

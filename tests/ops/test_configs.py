@@ -89,7 +89,7 @@ def test_prometheus_scrapes_the_demo_and_the_collector() -> None:
         job["job_name"]: [t for static in job["static_configs"] for t in static["targets"]]
         for job in config["scrape_configs"]
     }
-    assert targets["stageflow"] == ["demo:9464"]
+    assert targets["stageflow"] == ["demo:9464", "dask-worker-1:9465", "dask-worker-2:9465"]
     assert targets["otel-collector"] == ["otel-collector:8888"]
     # The collector's prometheus exporter, keeping the job/instance it sets per application.
     assert targets["otel-collector-metrics"] == ["otel-collector:8889"]
@@ -246,6 +246,9 @@ def test_compose_file_parses_with_a_current_compose_spec_parser() -> None:
     """compose-spec (the Rust compose_spec crate) knows today's keys and rejects typos."""
     parsed = PyCompose.from_yaml(COMPOSE_FILE.read_text(encoding="utf-8"))
     assert sorted(parsed.service_names()) == [
+        "dask-scheduler",
+        "dask-worker-1",
+        "dask-worker-2",
         "demo",
         "grafana",
         "jaeger",
@@ -259,7 +262,16 @@ def test_compose_file_parses_with_a_current_compose_spec_parser() -> None:
 
 
 def test_compose_services(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"demo", "otel-collector", "jaeger", "prometheus", "grafana"}
+    assert set(compose["services"]) == {
+        "demo",
+        "dask-scheduler",
+        "dask-worker-1",
+        "dask-worker-2",
+        "otel-collector",
+        "jaeger",
+        "prometheus",
+        "grafana",
+    }
 
 
 def _image_refs(compose: dict[str, Any]) -> dict[str, str]:
@@ -345,11 +357,30 @@ def test_demo_service_runs_the_cli_against_the_collector(compose: dict[str, Any]
         "demo",
         "--otlp-endpoint",
         "http://otel-collector:4317",
+        "--dask",
+        "tcp://dask-scheduler:8786",
         "--hold",
         "--interval",
         "5",
     ]
     assert demo["environment"]["STAGEFLOW_OTEL_METRICS_ADDR"] == "0.0.0.0"
+
+
+def test_dask_services_run_the_demos_remote_stage(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    scheduler = services["dask-scheduler"]
+    assert scheduler["entrypoint"] == ["dask"]
+    assert scheduler["command"][:3] == ["scheduler", "--port", "8786"]
+    for name in ("dask-worker-1", "dask-worker-2"):
+        worker = services[name]
+        assert worker["build"] == services["demo"]["build"], name
+        assert worker["command"][:2] == ["worker", "tcp://dask-scheduler:8786"], name
+        env = worker["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317", name
+        assert env["STAGEFLOW_OTEL_WORKER_METRICS_PORT"] == "9465", name
+        assert env["STAGEFLOW_OTEL_WORKER_METRICS_ADDR"] == "0.0.0.0", name
+    # The image the services share has the dask extra.
+    assert "pip install '.[dask]'" in (REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
 
 
 def test_bind_mounts_exist(compose: dict[str, Any]) -> None:

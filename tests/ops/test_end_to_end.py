@@ -7,6 +7,11 @@ on. Everything is read back over Jaeger's and Prometheus' HTTP APIs, as Grafana 
 tree and its attributes, exemplars that lead to traces, and every query of every dashboard in
 ``dashboards/``.
 
+The demo runs its ``price_order`` stage on a Dask cluster (``--dask``: a ``dask scheduler`` and
+a ``dask worker`` process): the worker exports its ``stage.remote`` spans to the same collector,
+so they are in the demo's traces, and Prometheus scrapes the worker's own ``/metrics`` under the
+demo's job, for the dashboards' "Remote stages" panels.
+
 The demo never fails, so a second CLI process (``run``) holds a small pipeline that fails on
 purpose (:data:`FAILING_PIPELINE_SOURCE`, written to a temporary directory): its error spans are
 checked in Jaeger, the failure-only dashboard queries (:data:`NO_DATA_BY_DESIGN`) are checked
@@ -43,6 +48,8 @@ from tests.support.servers import (
     http_ok,
     run_process,
     start_collector,
+    start_dask_scheduler,
+    start_dask_worker,
     start_jaeger,
     start_prometheus,
     wait_until,
@@ -62,6 +69,7 @@ PAYMENT_PIPELINE = "payment"
 RETRIED_STAGE = "quote_shipping"
 TOOL_STAGE, TOOL = "reserve_stock", "reserve_inventory"
 SUBPIPELINE_STAGE = "charge_payment"
+REMOTE_STAGE = "price_order"  # on the Dask worker (demo --dask)
 
 FAILING_PIPELINE = "refund"
 FAILING_STAGE = "settle"
@@ -155,6 +163,7 @@ class Stack:
     prometheus: PrometheusServer
     demo: CliProcess
     failing: CliProcess
+    worker_service: str  # the Dask worker's service.name
 
 
 def _cli_env(service: str) -> dict[str, str]:
@@ -176,7 +185,13 @@ def _cli_env(service: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _start_cli(
-    name: str, command: list[str], *, port: int, service: str, directory: Path
+    name: str,
+    command: list[str],
+    *,
+    port: int,
+    service: str,
+    directory: Path,
+    ready: Callable[[], bool] = lambda: True,
 ) -> Iterator[CliProcess]:
     argv = [
         sys.executable,
@@ -196,7 +211,7 @@ def _start_cli(
     with run_process(name, argv, log_path=log_path, env=_cli_env(service), cwd=REPO_ROOT) as proc:
         metrics_url = f"http://127.0.0.1:{port}/metrics"
         wait_until(
-            lambda: proc.check_running() and http_ok(metrics_url),
+            lambda: proc.check_running() and http_ok(metrics_url) and ready(),
             START_TIMEOUT,
             0.05,
             what=f"{name}: {metrics_url}",
@@ -208,7 +223,7 @@ def _start_cli(
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Prometheus, Jaeger, the collector, the demo and the failing pipeline; stopped by PID."""
     root = tmp_path_factory.mktemp("end-to-end")
-    demo_port, failing_port = free_port(), free_port()
+    demo_port, failing_port, worker_port = free_port(), free_port(), free_port()
     suffix = uuid.uuid4().hex[:8]
     module = root / "refund_pipeline.py"
     module.write_text(FAILING_PIPELINE_SOURCE, encoding="utf-8")
@@ -218,7 +233,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         prometheus = started.enter_context(
             start_prometheus(
                 root / "prometheus",
-                [f"127.0.0.1:{demo_port}"],
+                # The Dask worker that runs the demo's remote stage belongs to the demo's job.
+                [f"127.0.0.1:{demo_port}", f"127.0.0.1:{worker_port}"],
                 job=DEMO_JOB,
                 scrape_interval="1s",
                 extra_jobs={FAILING_JOB: [f"127.0.0.1:{failing_port}"]},
@@ -233,13 +249,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             )
         )
         otlp = f"http://{collector.otlp_grpc_endpoint}"
+        scheduler = started.enter_context(start_dask_scheduler(root / "dask"))
+        worker_service = f"stageflow-e2e-worker-{suffix}"
+        started.enter_context(
+            start_dask_worker(
+                root / "dask",
+                scheduler.address,
+                name="worker",
+                env={
+                    **_cli_env(worker_service),
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": otlp,
+                    "STAGEFLOW_OTEL_WORKER_METRICS_PORT": str(worker_port),
+                },
+            )
+        )
         demo = started.enter_context(
             _start_cli(
                 "demo",
-                ["demo", "--runs", "3", "--otlp-endpoint", otlp],
+                ["demo", "--runs", "3", "--otlp-endpoint", otlp, "--dask", scheduler.address],
                 port=demo_port,
                 service=f"stageflow-e2e-demo-{suffix}",
                 directory=root / "demo",
+                # The demo registers the worker plugin, which opens the worker's /metrics.
+                ready=lambda: http_ok(f"http://127.0.0.1:{worker_port}/metrics"),
             )
         )
         failing = started.enter_context(
@@ -251,7 +283,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 directory=root / "failing",
             )
         )
-        yield Stack(jaeger, collector, prometheus, demo, failing)
+        yield Stack(jaeger, collector, prometheus, demo, failing, worker_service)
 
 
 # --------------------------------------------------------------------------- Jaeger JSON
@@ -359,6 +391,7 @@ def _demo_spans() -> Counter[str]:
             "interceptor retry",
             "interceptor timeout",  # one per attempt
             "interceptor timeout",
+            f"stage.remote {REMOTE_STAGE}",
         ]
     )
     names.update(f"stage.run {spec.name}" for spec in build_order_pipeline().specs)
@@ -376,7 +409,15 @@ def test_demo_trace_reaches_jaeger_through_the_collector(stack: Stack) -> None:
     service = stack.demo.service
     view = _wait_for_trace(stack.jaeger, service, f"pipeline.run {DEMO_PIPELINE}", _demo_spans())
 
-    assert {view.service(span) for span in view.spans} == {service}
+    # One trace across two processes: the remote stage's span comes from the Dask worker.
+    assert {view.service(span) for span in view.spans} == {service, stack.worker_service}
+    remote = view.one(f"stage.remote {REMOTE_STAGE}")
+    assert view.service(remote) == stack.worker_service
+    assert view.parent_name(remote) == f"stage.run {REMOTE_STAGE}"
+    assert str(_tags(remote)["stageflow.remote.worker"]).startswith("tcp://127.0.0.1:")
+    assert [view.service(span) for span in view.spans if span is not remote] == [service] * (
+        len(view.spans) - 1
+    )
     root = view.one(f"pipeline.run {DEMO_PIPELINE}")
     assert view.process_tags(root)["deployment.environment.name"] == "e2e"
     run = _tags(root)

@@ -82,10 +82,12 @@ class ContractMetric:
         return self.labels | TARGET_LABELS | extra
 
 
-def parse_contract_metrics(markdown: str) -> dict[str, ContractMetric]:
+def parse_contract_metrics(
+    markdown: str, heading: str = "Prometheus metrics"
+) -> dict[str, ContractMetric]:
     """Parse the ``| metric | type | labels |`` table under "## Prometheus metrics"."""
     metrics: dict[str, ContractMetric] = {}
-    for cells in table_rows(section(markdown, "Prometheus metrics")):
+    for cells in table_rows(section(markdown, heading)):
         if len(cells) < 3 or not cells[0].startswith("`stageflow_"):
             continue
         name_cell, type_cell, labels_cell = cells[0], cells[1], "|".join(cells[2:])
@@ -103,29 +105,33 @@ def contract_metrics() -> dict[str, ContractMetric]:
 
 
 def contract_series() -> dict[str, ContractMetric]:
-    """Every exposed series name of the contract, mapped to its metric."""
-    return {series: m for m in contract_metrics().values() for series in m.series_names()}
+    """Every exposed series name of the contract, mapped to its metric.
+
+    The worker metrics of remote stages ("## Remote stages") included: dashboards show them.
+    """
+    metrics = [*contract_metrics().values(), *remote_contract_metrics().values()]
+    return {series: m for m in metrics for series in m.series_names()}
 
 
 # --------------------------------------------------------------------------- spans
 
 
-def parse_span_names(markdown: str) -> dict[str, str]:
+def parse_span_names(markdown: str, heading: str = "Spans") -> dict[str, str]:
     """Span name templates of the "## Spans" table: ``{"stage.run": "stage.run {stage}"}``.
 
     Keyed by the fixed part of the name (before the first placeholder).
     """
     names: dict[str, str] = {}
-    for cells in table_rows(section(markdown, "Spans")):
+    for cells in table_rows(section(markdown, heading)):
         for template in _BACKTICKED.findall(cells[1] if len(cells) > 1 else ""):
             names[template.split(" {", 1)[0]] = template
     return names
 
 
-def parse_span_attributes(markdown: str) -> frozenset[str]:
+def parse_span_attributes(markdown: str, heading: str = "Span attributes") -> frozenset[str]:
     """Attribute keys of the "## Span attributes" table (``<key>`` parts kept as written)."""
     keys: set[str] = set()
-    for cells in table_rows(section(markdown, "Span attributes")):
+    for cells in table_rows(section(markdown, heading)):
         cell = re.sub(r"=\s*`[^`]*`", "", cells[0])
         keys.update(_BACKTICKED.findall(cell))
     return frozenset(keys)
@@ -144,9 +150,9 @@ def attribute_documented(key: str, documented: frozenset[str]) -> bool:
 # --------------------------------------------------------------------------- events
 
 
-def parse_event_types(markdown: str) -> frozenset[str]:
+def parse_event_types(markdown: str, heading: str = "Events") -> frozenset[str]:
     """Event types named in "## Events": the table's first column and the wide events."""
-    events = section(markdown, "Events")
+    events = section(markdown, heading)
     types: set[str] = set()
     for cells in table_rows(events):
         types.update(t for t in _BACKTICKED.findall(cells[0]) if "." in t)
@@ -168,3 +174,43 @@ def event_documented(event_type: str, documented: frozenset[str]) -> bool:
         entry.endswith(".*") and event_type.startswith(entry.removesuffix("*"))
         for entry in documented
     )
+
+
+# --------------------------------------------------------------------------- remote stages
+
+REMOTE = "Remote stages"
+
+
+def remote_section(part: str) -> str:
+    """The ``### part`` subsection of "## Remote stages", as the parsers above read it.
+
+    Returned as a ``## part`` section of its own, so the same parsers (tables of the same
+    formats) read it.
+    """
+    text = section(telemetry_markdown(), REMOTE)
+    match = re.search(rf"^### {re.escape(part)}[^\n]*\n", text, flags=re.MULTILINE)
+    if match is None:
+        raise LookupError(f"docs/telemetry.md has no '### {part}' under '## {REMOTE}'")
+    rest = text[match.end() :]
+    end = re.search(r"^### ", rest, flags=re.MULTILINE)
+    return f"## {part}\n" + (rest if end is None else rest[: end.start()])
+
+
+def remote_contract_metrics() -> dict[str, ContractMetric]:
+    """The worker metrics of remote stages, by name."""
+    return parse_contract_metrics(remote_section("Worker metrics"), "Worker metrics")
+
+
+def remote_span_names() -> dict[str, str]:
+    """The span name templates of remote stages."""
+    return parse_span_names(remote_section("Remote spans"), "Remote spans")
+
+
+def remote_span_attributes() -> frozenset[str]:
+    """The attribute keys of remote spans."""
+    return parse_span_attributes(remote_section("Remote span attributes"), "Remote span attributes")
+
+
+def remote_event_types() -> frozenset[str]:
+    """The event types of remote stages."""
+    return parse_event_types(remote_section("Remote stage events"), "Remote stage events")

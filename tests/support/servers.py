@@ -25,6 +25,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -610,3 +611,107 @@ def start_redis(directory: Path, *, binary: Path | None = None) -> Iterator[Redi
         server = RedisServer(host="127.0.0.1", port=port, managed=managed)
         _wait_ready(managed, server.ping, "PING")
         yield server
+
+
+# --------------------------------------------------------------------------- Dask
+
+
+@dataclass(frozen=True)
+class DaskScheduler:
+    """A ``dask scheduler`` on 127.0.0.1, without its dashboard."""
+
+    address: str  # tcp://127.0.0.1:port
+    managed: ManagedProcess
+
+
+@dataclass(frozen=True)
+class DaskWorker:
+    """A ``dask worker`` process (no nanny: killing its PID loses the worker)."""
+
+    name: str
+    managed: ManagedProcess
+
+    def kill(self) -> None:
+        """``kill -9`` the worker's PID, as a crash or the OOM killer would."""
+        self.managed.process.kill()
+        self.managed.process.wait(timeout=STOP_TIMEOUT)
+
+
+def _dask_cli() -> Path:
+    """The ``dask`` command of the environment running the tests (the ``dask`` extra)."""
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    candidate = Path(sys.executable).parent / "dask"
+    found = candidate if os.access(candidate, os.X_OK) else find_binary("dask")
+    if found is None:
+        pytest.fail("the dask command is missing although distributed is installed")
+    return found
+
+
+def _repo_pythonpath() -> str:
+    """``PYTHONPATH`` with this repository first: test functions travel by module name."""
+    return os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+
+
+@contextlib.contextmanager
+def start_dask_scheduler(
+    directory: Path, *, env: Mapping[str, str] | None = None
+) -> Iterator[DaskScheduler]:
+    """``dask scheduler`` on a free port of 127.0.0.1 (``env``: ``DASK_*`` settings)."""
+    port = free_port()
+    argv: list[str | os.PathLike[str]] = [
+        _dask_cli(),
+        "scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-dashboard",
+        "--no-show",
+    ]
+    with run_process(
+        "dask-scheduler",
+        argv,
+        log_path=directory / "scheduler.log",
+        env={"PYTHONPATH": _repo_pythonpath(), **(env or {})},
+        cwd=REPO_ROOT,
+    ) as managed:
+        _wait_ready(managed, lambda: port_open("127.0.0.1", port), "scheduler port")
+        yield DaskScheduler(address=f"tcp://127.0.0.1:{port}", managed=managed)
+
+
+@contextlib.contextmanager
+def start_dask_worker(
+    directory: Path,
+    scheduler: str,
+    *,
+    name: str,
+    nthreads: int = 1,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[DaskWorker]:
+    """``dask worker`` for ``scheduler``, without a nanny, that can import this repository."""
+    argv: list[str | os.PathLike[str]] = [
+        _dask_cli(),
+        "worker",
+        scheduler,
+        "--host",
+        "127.0.0.1",
+        "--name",
+        name,
+        "--nthreads",
+        str(nthreads),
+        "--no-nanny",
+        "--no-dashboard",
+        "--death-timeout",
+        "30",
+        "--local-directory",
+        str(directory / name),
+    ]
+    with run_process(
+        f"dask-worker-{name}",
+        argv,
+        log_path=directory / f"{name}.log",
+        env={"PYTHONPATH": _repo_pythonpath(), **(env or {})},
+        cwd=REPO_ROOT,
+    ) as managed:
+        _wait_ready(managed, lambda: "Registered to:" in managed.log_text(), "registration")
+        yield DaskWorker(name=name, managed=managed)

@@ -18,6 +18,7 @@ TELEMETRY = ("opentelemetry", "prometheus_client", "structlog")
         "stageflow_otel",
         "stageflow_otel.pipeline_files",
         "stageflow_otel.plugins",
+        "stageflow_otel.distributed",
     ],
 )
 def test_module_imports_no_telemetry_library(module: str) -> None:

@@ -173,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--runs", type=_positive_int, default=3, metavar="N", help="how many runs (default: 3)"
     )
+    demo.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run price_order as a remote stage on the Dask cluster of this scheduler, e.g. "
+        "tcp://127.0.0.1:8786 (needs the dask extra; registers the stageflow-otel worker "
+        "plugin, which exports the workers' spans as their OTEL_* variables say)",
+    )
     demo.set_defaults(handler=_demo)
 
     run = commands.add_parser(
@@ -282,12 +289,17 @@ def _demo(args: argparse.Namespace) -> int:
 
     options = _options(args, command="demo", service="stageflow-otel-demo")
     configure_cli_logging(_LOG_LEVELS[args.log_level])
-    graph = build_order_pipeline().build()
 
     def inputs(index: int) -> tuple[dict[str, Any], RunIdentity]:
         return order_input(index), RunIdentity(request_id=f"demo-{index + 1}")
 
-    return run_session(graph, inputs, options, _console())
+    if args.dask is None:
+        return run_session(build_order_pipeline().build(), inputs, options, _console())
+    from ._dask import dask_executor
+
+    with dask_executor(args.dask) as remote:
+        graph = build_order_pipeline(remote=remote).build()
+        return run_session(graph, inputs, options, _console())
 
 
 def _run(args: argparse.Namespace) -> int:

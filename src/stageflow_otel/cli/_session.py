@@ -41,7 +41,7 @@ from stageflow_otel.core import (
     StageExecutionError,
     StageGraph,
 )
-from stageflow_otel.observability import MetricsServer, Telemetry
+from stageflow_otel.observability import MetricsServer, SpanEventSink, Telemetry
 from stageflow_otel.observability.config import METRICS_PORT, Settings
 
 from ._errors import EXIT_FAILED, EXIT_OK, UsageError
@@ -270,9 +270,11 @@ class _Session:
         self.board = StageBoard(graph.name, graph.stage_names, runs=options.runs)
         board_sink = BoardSink(self.board)
         otlp_sink = stack.event_sink
-        self.sink: EventSink = (
-            board_sink if otlp_sink is None else FanOutEventSink([board_sink, otlp_sink])
-        )
+        # Where a remote stage ran shows in the trace tree, as events of its stage span.
+        sinks: list[EventSink] = [board_sink, RemoteStageEvents()]
+        if otlp_sink is not None:
+            sinks.append(otlp_sink)
+        self.sink: EventSink = FanOutEventSink(sinks)
         self.live = console.is_terminal if options.live is None else options.live
         self.interrupted: int | None = None
         self._phase: anyio.CancelScope | None = None
@@ -536,3 +538,21 @@ def run_session(
         return anyio.run(session.main)
     finally:
         stack.shutdown()
+
+
+class RemoteStageEvents:
+    """Adds the ``stage.remote.*`` events to the stage span (where the remote stage ran)."""
+
+    __slots__ = ("_spans",)
+
+    def __init__(self) -> None:
+        self._spans = SpanEventSink()
+
+    async def emit(self, *, type: str, data: Mapping[str, Any]) -> None:
+        """Add a remote stage event to the current span."""
+        self.try_emit(type=type, data=data)
+
+    def try_emit(self, *, type: str, data: Mapping[str, Any]) -> None:
+        """Add a remote stage event to the current span; ignore the others."""
+        if type.startswith("stage.remote."):
+            self._spans.try_emit(type=type, data=data)
