@@ -1,4 +1,4 @@
-"""The engine and the tools stay free of telemetry libraries."""
+"""The engine, the tools and the helpers stay free of telemetry libraries."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import pytest
 TELEMETRY = ("opentelemetry", "prometheus_client", "structlog")
 
 
-@pytest.mark.parametrize("module", ["stageflow_otel.core", "stageflow_otel"])
+@pytest.mark.parametrize(
+    "module",
+    ["stageflow_otel.core", "stageflow_otel.tools", "stageflow_otel.helpers", "stageflow_otel"],
+)
 def test_module_imports_no_telemetry_library(module: str) -> None:
     code = (
         "import importlib, json, sys\n"

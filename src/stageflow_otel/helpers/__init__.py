@@ -1,0 +1,55 @@
+"""Helpers for the pipelines people build: guardrails, mocks, streaming, memory, analytics.
+
+Engine-level code: it imports no telemetry library. What the helpers do is reported through
+the engine's own channels (events, run hooks), and
+:class:`stageflow_otel.observability.helpers.HelperTelemetry` records it as spans, span
+events and metrics.
+"""
+
+from __future__ import annotations
+
+from .guardrails import CardNumberDetector as CardNumberDetector
+from .guardrails import CheckResult as CheckResult
+from .guardrails import ContentFilter as ContentFilter
+from .guardrails import Detector as Detector
+from .guardrails import EmailDetector as EmailDetector
+from .guardrails import Finding as Finding
+from .guardrails import GuardCheck as GuardCheck
+from .guardrails import GuardrailViolation as GuardrailViolation
+from .guardrails import GuardStage as GuardStage
+from .guardrails import IbanDetector as IbanDetector
+from .guardrails import InputLengthPolicy as InputLengthPolicy
+from .guardrails import IPAddressDetector as IPAddressDetector
+from .guardrails import PhoneNumberDetector as PhoneNumberDetector
+from .guardrails import PIICheck as PIICheck
+from .guardrails import PIIDetector as PIIDetector
+from .guardrails import PIIMatch as PIIMatch
+from .guardrails import RateLimitPolicy as RateLimitPolicy
+from .guardrails import RegexDetector as RegexDetector
+from .guardrails import Verdict as Verdict
+from .guardrails import luhn_valid as luhn_valid
+from .guardrails import mod97_valid as mod97_valid
+
+__all__ = (
+    "CardNumberDetector",
+    "CheckResult",
+    "ContentFilter",
+    "Detector",
+    "EmailDetector",
+    "Finding",
+    "GuardCheck",
+    "GuardStage",
+    "GuardrailViolation",
+    "IPAddressDetector",
+    "IbanDetector",
+    "InputLengthPolicy",
+    "PIICheck",
+    "PIIDetector",
+    "PIIMatch",
+    "PhoneNumberDetector",
+    "RateLimitPolicy",
+    "RegexDetector",
+    "Verdict",
+    "luhn_valid",
+    "mod97_valid",
+)

@@ -1,0 +1,88 @@
+"""What the helpers record is what the "Helpers" section of ``docs/telemetry.md`` says."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import anyio
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
+
+from stageflow_otel import Pipeline
+from stageflow_otel.helpers import ContentFilter, GuardStage, PIICheck
+from stageflow_otel.observability.helpers import HelperMetrics, HelperTelemetry
+from stageflow_otel.testing import InMemoryTelemetry, in_memory_telemetry
+from tests.support.contract import (
+    attribute_documented,
+    parse_contract_metrics,
+    parse_span_attributes,
+    section,
+    subsection,
+    table_rows,
+    telemetry_markdown,
+)
+
+_BACKTICKED = re.compile(r"`([^`]+)`")
+
+
+def helpers_section() -> str:
+    return section(telemetry_markdown(), "Helpers")
+
+
+def documented_helper_attributes() -> frozenset[str]:
+    keys: set[str] = set()
+    for cells in table_rows(subsection(helpers_section(), "Helper span attributes and events")):
+        keys.update(_BACKTICKED.findall(re.sub(r"=\s*`[^`]*`", "", cells[0])))
+    return frozenset(keys)
+
+
+def test_registered_helper_metrics_are_the_documented_ones() -> None:
+    metrics = HelperMetrics(CollectorRegistry())
+    registered = {
+        (m._name + "_total" if m._type == "counter" else m._name): (m._type, set(m._labelnames))
+        for m in vars(metrics).values()
+        if isinstance(m, MetricWrapperBase)
+    }
+    documented = {
+        name: (metric.type, set(metric.labels))
+        for name, metric in parse_contract_metrics(telemetry_markdown(), "Helpers").items()
+    }
+    assert registered == documented
+
+
+def test_the_helper_metrics_are_not_in_the_engine_table() -> None:
+    # The engine's table is what StageflowMetrics registers; the helpers' live apart.
+    engine = parse_contract_metrics(telemetry_markdown())
+    assert not {name for name in engine if "guardrail" in name}
+
+
+@pytest.fixture(scope="module")
+def helper_run() -> Iterator[InMemoryTelemetry]:
+    """One run of a pipeline that uses every helper that records telemetry."""
+    recorded = in_memory_telemetry(canonical_logs=False)
+    helpers = HelperTelemetry(recorded.telemetry)
+    pipeline = Pipeline("helpers").with_stage(
+        "guard", GuardStage([PIICheck(), ContentFilter(["forbidden"])])
+    )
+
+    async def go() -> None:
+        with anyio.fail_after(30):
+            await pipeline.build(hooks=(*recorded.hooks, helpers)).run({"text": "a@b.io"})
+
+    anyio.run(go)
+    yield recorded
+    recorded.shutdown()
+
+
+def test_every_helper_attribute_is_documented_and_every_documented_one_recorded(
+    helper_run: InMemoryTelemetry,
+) -> None:
+    engine = parse_span_attributes(telemetry_markdown())
+    recorded: set[str] = set()
+    for span in helper_run.spans():
+        recorded.update(k for k in span.attributes or {} if not attribute_documented(k, engine))
+        for event in span.events:
+            recorded.update(event.attributes or {})
+    assert recorded == set(documented_helper_attributes())
