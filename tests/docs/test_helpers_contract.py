@@ -10,14 +10,21 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from stageflow_otel import Pipeline
-from stageflow_otel.helpers import ContentFilter, GuardStage, PIICheck
+from stageflow_otel import Pipeline, StageContext
+from stageflow_otel.helpers import (
+    ContentFilter,
+    GuardStage,
+    MockAuthProvider,
+    MockChatModel,
+    PIICheck,
+)
 from stageflow_otel.observability.helpers import HelperMetrics, HelperTelemetry
 from stageflow_otel.testing import InMemoryTelemetry, in_memory_telemetry
 from tests.support.contract import (
     attribute_documented,
     parse_contract_metrics,
     parse_span_attributes,
+    parse_span_names,
     section,
     subsection,
     table_rows,
@@ -25,6 +32,8 @@ from tests.support.contract import (
 )
 
 _BACKTICKED = re.compile(r"`([^`]+)`")
+# `key` = `v1`, `v2` or `v3`: the values (no dots, unlike keys) are no keys.
+_VALUES = re.compile(r"=\s*`[^`.]*`(?:\s*(?:,|or)\s*`[^`.]*`)*")
 
 
 def helpers_section() -> str:
@@ -34,7 +43,7 @@ def helpers_section() -> str:
 def documented_helper_attributes() -> frozenset[str]:
     keys: set[str] = set()
     for cells in table_rows(subsection(helpers_section(), "Helper span attributes and events")):
-        keys.update(_BACKTICKED.findall(re.sub(r"=\s*`[^`]*`", "", cells[0])))
+        keys.update(_BACKTICKED.findall(_VALUES.sub("", cells[0])))
     return frozenset(keys)
 
 
@@ -63,8 +72,17 @@ def helper_run() -> Iterator[InMemoryTelemetry]:
     """One run of a pipeline that uses every helper that records telemetry."""
     recorded = in_memory_telemetry(canonical_logs=False)
     helpers = HelperTelemetry(recorded.telemetry)
-    pipeline = Pipeline("helpers").with_stage(
-        "guard", GuardStage([PIICheck(), ContentFilter(["forbidden"])])
+    model = MockChatModel()
+    auth = MockAuthProvider()
+
+    async def ask(ctx: StageContext) -> None:
+        await auth.token("ada", ctx=ctx)
+        await model.chat([{"role": "user", "content": "hi"}], ctx=ctx, max_tokens=9, temperature=0)
+
+    pipeline = (
+        Pipeline("helpers")
+        .with_stage("guard", GuardStage([PIICheck(), ContentFilter(["forbidden"])]))
+        .with_stage("ask", ask)
     )
 
     async def go() -> None:
@@ -85,4 +103,27 @@ def test_every_helper_attribute_is_documented_and_every_documented_one_recorded(
         recorded.update(k for k in span.attributes or {} if not attribute_documented(k, engine))
         for event in span.events:
             recorded.update(event.attributes or {})
-    assert recorded == set(documented_helper_attributes())
+    documented = documented_helper_attributes()
+    assert recorded == {k for k in documented if not attribute_documented(k, engine)}
+    # The engine's attributes the helper table repeats are recorded on the helper spans too.
+    repeated = {k for k in documented if attribute_documented(k, engine)}
+    provider_span = helper_run.span("chat mock-chat")
+    identity = {"stageflow.request.id", "stageflow.session.id", "stageflow.user.id"}
+    assert repeated - identity - {"error.type"} <= set(provider_span.attributes or {})
+
+
+def test_helper_span_names_are_the_documented_ones(helper_run: InMemoryTelemetry) -> None:
+    engine = parse_span_names(telemetry_markdown())
+    made = {
+        span.name
+        for span in helper_run.spans()
+        if not any(span.name == p or span.name.startswith(p + " ") for p in engine)
+    }
+    assert made == {"chat mock-chat", "auth_token"}
+    operations = re.search(
+        r"`gen_ai.operation.name` = ((?:`[a-z_]+`(?:, | or )?)+)",
+        subsection(helpers_section(), "Helper span attributes and events"),
+    )
+    assert operations is not None
+    documented = set(_BACKTICKED.findall(operations.group(1)))
+    assert {name.split(" ")[0] for name in made} <= documented

@@ -29,9 +29,25 @@ from .guardrails import RegexDetector as RegexDetector
 from .guardrails import Verdict as Verdict
 from .guardrails import luhn_valid as luhn_valid
 from .guardrails import mod97_valid as mod97_valid
+from .mocks import MockAuthProvider as MockAuthProvider
+from .mocks import MockChatModel as MockChatModel
+from .mocks import MockProviderError as MockProviderError
+from .mocks import MockReply as MockReply
+from .mocks import MockSpeechToText as MockSpeechToText
+from .mocks import MockTextToSpeech as MockTextToSpeech
+from .providers import AuthToken as AuthToken
+from .providers import ChatResponse as ChatResponse
+from .providers import ProviderCall as ProviderCall
+from .providers import ProviderCallObserver as ProviderCallObserver
+from .providers import SpeechAudio as SpeechAudio
+from .providers import ToolCallRequest as ToolCallRequest
+from .providers import Transcript as Transcript
+from .providers import observe_provider_call as observe_provider_call
 
 __all__ = (
+    "AuthToken",
     "CardNumberDetector",
+    "ChatResponse",
     "CheckResult",
     "ContentFilter",
     "Detector",
@@ -43,13 +59,25 @@ __all__ = (
     "IPAddressDetector",
     "IbanDetector",
     "InputLengthPolicy",
+    "MockAuthProvider",
+    "MockChatModel",
+    "MockProviderError",
+    "MockReply",
+    "MockSpeechToText",
+    "MockTextToSpeech",
     "PIICheck",
     "PIIDetector",
     "PIIMatch",
     "PhoneNumberDetector",
+    "ProviderCall",
+    "ProviderCallObserver",
     "RateLimitPolicy",
     "RegexDetector",
+    "SpeechAudio",
+    "ToolCallRequest",
+    "Transcript",
     "Verdict",
     "luhn_valid",
     "mod97_valid",
+    "observe_provider_call",
 )

@@ -15,22 +15,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from opentelemetry import trace
-from prometheus_client import CollectorRegistry, Counter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from stageflow_otel.core.errors import qualified_name
 from stageflow_otel.core.events import Event
 from stageflow_otel.core.seams import RunHook
 from stageflow_otel.helpers.guardrails import VERDICT_EVENT
+from stageflow_otel.helpers.providers import ChatResponse, ProviderCall
 
-from .metrics import LabelGuard, MetricSpec
+from . import attributes as attr
+from .metrics import DURATION_BUCKETS, LabelGuard, MetricSpec
+from .records import current_run
 from .telemetry import Telemetry
 
 __all__ = (
     "GUARDRAIL_FINDINGS",
     "GUARDRAIL_VERDICTS",
+    "PROVIDER_CALLS",
+    "PROVIDER_DURATION",
+    "PROVIDER_TOKENS",
     "HelperMetrics",
     "HelperTelemetry",
 )
@@ -45,6 +54,33 @@ GUARDRAIL_FINDINGS = MetricSpec(
     "stageflow_guardrail_findings", "What guardrail checks found, by kind (email, card, blocked_word, ...).",
     ("pipeline", "stage", "kind"),
 )  # fmt: skip
+
+PROVIDER_CALLS = MetricSpec(
+    "stageflow_provider_calls", "Calls to model providers (chat, speech, auth) by status.",
+    ("operation", "provider", "model", "status"),
+)  # fmt: skip
+PROVIDER_DURATION = MetricSpec(
+    "stageflow_provider_call_duration_seconds", "Wall time of calls to model providers.",
+    ("operation", "provider", "model"),
+)  # fmt: skip
+PROVIDER_TOKENS = MetricSpec(
+    "stageflow_provider_tokens", "Tokens of calls to model providers, by token type (input, output).",
+    ("operation", "provider", "model", "token_type"),
+)  # fmt: skip
+
+GEN_AI_PROVIDER = "gen_ai.provider.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+GEN_AI_REQUEST_TEMPERATURE = "gen_ai.request.temperature"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+GEN_AI_RESPONSE_ID = "gen_ai.response.id"
+GEN_AI_FINISH_REASONS = "gen_ai.response.finish_reasons"
+GEN_AI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+_REQUEST_PARAMETERS = {
+    "max_tokens": GEN_AI_REQUEST_MAX_TOKENS,
+    "temperature": GEN_AI_REQUEST_TEMPERATURE,
+}
 
 GUARDRAIL_EVENT = "stageflow.guardrail.verdict"
 """The span event of a guardrail verdict."""
@@ -65,7 +101,12 @@ class HelperMetrics:
         self.registry = registry
         self.guardrail_verdicts = _counter(GUARDRAIL_VERDICTS)
         self.guardrail_findings = _counter(GUARDRAIL_FINDINGS)
-        self._collectors = tuple(v for v in vars(self).values() if isinstance(v, Counter))
+        self.provider_calls = _counter(PROVIDER_CALLS)
+        self.provider_duration = _histogram(PROVIDER_DURATION)
+        self.provider_tokens = _counter(PROVIDER_TOKENS)
+        self._collectors = tuple(
+            v for v in vars(self).values() if isinstance(v, Counter | Histogram)
+        )
         registered: list[Any] = []
         try:
             for collector in self._collectors:
@@ -90,6 +131,10 @@ def _counter(spec: MetricSpec) -> Counter:
     return Counter(spec.name, spec.description, spec.labels, registry=None)
 
 
+def _histogram(spec: MetricSpec, buckets: tuple[float, ...] = DURATION_BUCKETS) -> Histogram:
+    return Histogram(spec.name, spec.description, spec.labels, buckets=buckets, registry=None)
+
+
 class HelperTelemetry(RunHook):
     """Records what the helpers report: span events, stage-span attributes, metrics.
 
@@ -105,6 +150,7 @@ class HelperTelemetry(RunHook):
 
     def __init__(self, telemetry: Telemetry, *, metrics: bool = True) -> None:
         self.telemetry = telemetry
+        self.tracer = telemetry.tracer
         self.labels: LabelGuard = telemetry.metrics or LabelGuard()
         self.metrics = HelperMetrics(telemetry.registry) if metrics else None
         self._handlers: dict[str, Callable[[Event], None]] = {
@@ -149,3 +195,70 @@ class HelperTelemetry(RunHook):
             self.metrics.guardrail_verdicts.labels(pipeline, stage, check, verdict).inc()
             for kind in kinds:
                 self.metrics.guardrail_findings.labels(pipeline, stage, kind).inc()
+
+    # -- provider calls --------------------------------------------------------------------
+
+    async def around_provider_call(
+        self, call: ProviderCall, proceed: Callable[[ProviderCall], Awaitable[Any]]
+    ) -> Any:
+        """Wrap a provider call in a GenAI client span (``chat mock-chat``) and count it."""
+        run = current_run.get()
+        attributes: dict[str, Any] = dict(run.base_attributes) if run is not None else {}
+        attributes[attr.GEN_AI_OPERATION] = call.operation
+        attributes[GEN_AI_PROVIDER] = call.provider
+        if call.model:
+            attributes[GEN_AI_REQUEST_MODEL] = call.model
+        if call.stage:
+            attributes[attr.STAGE_NAME] = call.stage
+        for key, value in call.parameters.items():
+            name = _REQUEST_PARAMETERS.get(key)
+            if name is not None:
+                attributes[name] = value
+        name = f"{call.operation} {call.model}" if call.model else call.operation
+        span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+        started = time.perf_counter()
+        status = "cancel"
+        result: Any = None
+        try:
+            with trace.use_span(span, end_on_exit=False, record_exception=False):
+                result = await proceed(call)
+            status = "ok"
+            return result
+        except Exception as exc:
+            status = "fail"
+            span.set_attribute(attr.ERROR_TYPE, qualified_name(exc))
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            raise
+        finally:
+            try:
+                self._provider_call_ended(span, call, status, result, time.perf_counter() - started)
+            except Exception:
+                logger.exception("recording the provider call %r failed", name)
+            finally:
+                span.end()
+
+    def _provider_call_ended(
+        self, span: trace.Span, call: ProviderCall, status: str, result: Any, duration: float
+    ) -> None:
+        tokens: tuple[int, int] | None = None
+        if isinstance(result, ChatResponse):
+            span.set_attributes(
+                {
+                    GEN_AI_RESPONSE_MODEL: result.model,
+                    GEN_AI_RESPONSE_ID: result.response_id,
+                    GEN_AI_FINISH_REASONS: [result.finish_reason],
+                    GEN_AI_INPUT_TOKENS: result.input_tokens,
+                    GEN_AI_OUTPUT_TOKENS: result.output_tokens,
+                }
+            )
+            tokens = (result.input_tokens, result.output_tokens)
+        metrics = self.metrics
+        if metrics is None:
+            return
+        labels = (call.operation, call.provider, call.model or "")
+        metrics.provider_calls.labels(*labels, status).inc()
+        metrics.provider_duration.labels(*labels).observe(duration)
+        if tokens is not None:
+            metrics.provider_tokens.labels(*labels, "input").inc(tokens[0])
+            metrics.provider_tokens.labels(*labels, "output").inc(tokens[1])

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from opentelemetry.trace import SpanKind, StatusCode
 
-from stageflow_otel import Pipeline, StageExecutionError
-from stageflow_otel.helpers import ContentFilter, GuardStage, PIICheck, PIIDetector
+from stageflow_otel import Pipeline, StageContext, StageExecutionError
+from stageflow_otel.helpers import (
+    ContentFilter,
+    GuardStage,
+    MockAuthProvider,
+    MockChatModel,
+    MockSpeechToText,
+    MockTextToSpeech,
+    PIICheck,
+    PIIDetector,
+)
 from stageflow_otel.observability.helpers import HelperTelemetry
 from stageflow_otel.testing import InMemoryTelemetry, in_memory_telemetry
 
@@ -108,3 +118,75 @@ def test_without_metrics_nothing_is_registered() -> None:
         HelperTelemetry(recorded.telemetry)  # the registry is still free
     finally:
         recorded.shutdown()
+
+
+async def test_a_mock_chat_call_is_a_genai_client_span_under_its_stage(
+    telemetry: InMemoryTelemetry, helpers: HelperTelemetry
+) -> None:
+    model = MockChatModel("gpt-mock", replies=["fine thanks"])
+
+    async def ask(ctx: StageContext) -> dict[str, str]:
+        reply = await model.chat(
+            [{"role": "user", "content": "how are you"}], ctx=ctx, max_tokens=50
+        )
+        return {"reply": reply.text}
+
+    await run_graph(
+        Pipeline("chat").with_stage("ask", ask).build(hooks=(*telemetry.hooks, helpers))
+    )
+    assert telemetry.tree() == ["pipeline.run chat", "  stage.run ask", "    chat gpt-mock"]
+    span = telemetry.span("chat gpt-mock")
+    assert span.kind is SpanKind.CLIENT
+    attributes = dict(span.attributes or {})
+    assert {k: v for k, v in attributes.items() if k.startswith("gen_ai.")} == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "mock",
+        "gen_ai.request.model": "gpt-mock",
+        "gen_ai.request.max_tokens": 50,
+        "gen_ai.response.model": "gpt-mock",
+        "gen_ai.response.id": "mock-1",
+        "gen_ai.response.finish_reasons": ("stop",),
+        "gen_ai.usage.input_tokens": 3,
+        "gen_ai.usage.output_tokens": 2,
+    }
+    assert attributes["stageflow.stage.name"] == "ask"
+    assert attributes["stageflow.pipeline.name"] == "chat"
+    assert span.status.status_code is StatusCode.UNSET
+    labels = {"operation": "chat", "provider": "mock", "model": "gpt-mock"}
+    assert telemetry.sample("stageflow_provider_calls_total", {**labels, "status": "ok"}) == 1.0
+    assert telemetry.sample("stageflow_provider_call_duration_seconds_count", labels) == 1.0
+    tokens = "stageflow_provider_tokens_total"
+    assert telemetry.sample(tokens, {**labels, "token_type": "input"}) == 3.0
+    assert telemetry.sample(tokens, {**labels, "token_type": "output"}) == 2.0
+
+
+async def test_a_failed_provider_call_is_an_error_span_with_its_type(
+    telemetry: InMemoryTelemetry, helpers: HelperTelemetry
+) -> None:
+    stt, tts, auth = MockSpeechToText(fail_calls={1}), MockTextToSpeech(), MockAuthProvider()
+
+    async def voice(ctx: StageContext) -> None:
+        await auth.token("ada", ctx=ctx)
+        await tts.synthesize("hi", ctx=ctx)
+        await stt.transcribe(b"hi", ctx=ctx)
+
+    await run_graph(
+        Pipeline("voice").with_stage("v", voice).build(hooks=(*telemetry.hooks, helpers))
+    )
+    assert telemetry.tree() == [
+        "pipeline.run voice",
+        "  stage.run v",
+        "    auth_token",
+        "    text_to_speech mock-tts",
+        "    speech_to_text mock-stt",
+    ]
+    failed = telemetry.span("speech_to_text mock-stt")
+    assert failed.status.status_code is StatusCode.ERROR
+    assert (failed.attributes or {})[
+        "error.type"
+    ] == "stageflow_otel.helpers.mocks.MockProviderError"
+    assert [e.name for e in failed.events] == ["exception"]
+    assert "gen_ai.request.model" not in (telemetry.span("auth_token").attributes or {})
+    labels = {"operation": "speech_to_text", "provider": "mock", "model": "mock-stt"}
+    assert telemetry.sample("stageflow_provider_calls_total", {**labels, "status": "fail"}) == 1.0
+    assert telemetry.open_spans() == []
