@@ -12,6 +12,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from stageflow_otel import Pipeline, StageContext
 from stageflow_otel.helpers import (
+    ChunkQueue,
     ContentFilter,
     GuardStage,
     MockAuthProvider,
@@ -79,10 +80,17 @@ def helper_run() -> Iterator[InMemoryTelemetry]:
         await auth.token("ada", ctx=ctx)
         await model.chat([{"role": "user", "content": "hi"}], ctx=ctx, max_tokens=9, temperature=0)
 
+    async def relay(ctx: StageContext) -> None:
+        queue: ChunkQueue[str] = ChunkQueue(2, ctx=ctx, name="tokens")
+        queue.put_nowait("a")
+        queue.close()
+        assert [chunk async for chunk in queue] == ["a"]
+
     pipeline = (
         Pipeline("helpers")
         .with_stage("guard", GuardStage([PIICheck(), ContentFilter(["forbidden"])]))
         .with_stage("ask", ask)
+        .with_stage("relay", relay)
     )
 
     async def go() -> None:

@@ -43,12 +43,19 @@ from .providers import SpeechAudio as SpeechAudio
 from .providers import ToolCallRequest as ToolCallRequest
 from .providers import Transcript as Transcript
 from .providers import observe_provider_call as observe_provider_call
+from .streaming import BackpressureMonitor as BackpressureMonitor
+from .streaming import ChunkQueue as ChunkQueue
+from .streaming import StreamObserver as StreamObserver
+from .streaming import StreamStatistics as StreamStatistics
+from .streaming import rechunk as rechunk
 
 __all__ = (
     "AuthToken",
+    "BackpressureMonitor",
     "CardNumberDetector",
     "ChatResponse",
     "CheckResult",
+    "ChunkQueue",
     "ContentFilter",
     "Detector",
     "EmailDetector",
@@ -74,10 +81,13 @@ __all__ = (
     "RateLimitPolicy",
     "RegexDetector",
     "SpeechAudio",
+    "StreamObserver",
+    "StreamStatistics",
     "ToolCallRequest",
     "Transcript",
     "Verdict",
     "luhn_valid",
     "mod97_valid",
     "observe_provider_call",
+    "rechunk",
 )

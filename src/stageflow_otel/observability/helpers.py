@@ -15,19 +15,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from stageflow_otel.core.context import StageContext
 from stageflow_otel.core.errors import qualified_name
 from stageflow_otel.core.events import Event
 from stageflow_otel.core.seams import RunHook
 from stageflow_otel.helpers.guardrails import VERDICT_EVENT
 from stageflow_otel.helpers.providers import ChatResponse, ProviderCall
+from stageflow_otel.helpers.streaming import ChunkQueue, StreamStatistics
 
 from . import attributes as attr
 from .metrics import DURATION_BUCKETS, LabelGuard, MetricSpec
@@ -40,6 +44,10 @@ __all__ = (
     "PROVIDER_CALLS",
     "PROVIDER_DURATION",
     "PROVIDER_TOKENS",
+    "STREAM_CHUNKS",
+    "STREAM_DURATION",
+    "STREAM_FIRST_CHUNK",
+    "STREAM_QUEUE_DEPTH",
     "HelperMetrics",
     "HelperTelemetry",
 )
@@ -68,6 +76,21 @@ PROVIDER_TOKENS = MetricSpec(
     ("operation", "provider", "model", "token_type"),
 )  # fmt: skip
 
+STREAM_CHUNKS = MetricSpec(
+    "stageflow_stream_chunks", "Chunks of streams by result (offered, delivered, dropped, evicted).",
+    ("queue", "result"),
+)  # fmt: skip
+STREAM_QUEUE_DEPTH = MetricSpec(
+    "stageflow_stream_queue_depth", "Chunks waiting in the live stream queues of a name.", ("queue",)
+)  # fmt: skip
+STREAM_FIRST_CHUNK = MetricSpec(
+    "stageflow_stream_first_chunk_seconds", "Time from opening a stream to its first chunk being read.",
+    ("queue",),
+)  # fmt: skip
+STREAM_DURATION = MetricSpec(
+    "stageflow_stream_duration_seconds", "Time from opening a stream to its end being read.", ("queue",)
+)  # fmt: skip
+
 GEN_AI_PROVIDER = "gen_ai.provider.name"
 GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
 GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
@@ -84,6 +107,13 @@ _REQUEST_PARAMETERS = {
 
 GUARDRAIL_EVENT = "stageflow.guardrail.verdict"
 """The span event of a guardrail verdict."""
+
+STREAM_QUEUE = "stageflow.stream.queue"
+STREAM_FIRST_CHUNK_S = "stageflow.stream.first_chunk_s"
+STREAM_DURATION_S = "stageflow.stream.duration_s"
+STREAM_DELIVERED = "stageflow.stream.delivered"
+STREAM_DROPPED = "stageflow.stream.dropped"
+STREAM_EVICTED = "stageflow.stream.evicted"
 
 
 class HelperMetrics:
@@ -104,8 +134,17 @@ class HelperMetrics:
         self.provider_calls = _counter(PROVIDER_CALLS)
         self.provider_duration = _histogram(PROVIDER_DURATION)
         self.provider_tokens = _counter(PROVIDER_TOKENS)
+        self.stream_chunks = _counter(STREAM_CHUNKS)
+        self.stream_queue_depth = Gauge(
+            STREAM_QUEUE_DEPTH.name,
+            STREAM_QUEUE_DEPTH.description,
+            STREAM_QUEUE_DEPTH.labels,
+            registry=None,
+        )
+        self.stream_first_chunk = _histogram(STREAM_FIRST_CHUNK)
+        self.stream_duration = _histogram(STREAM_DURATION)
         self._collectors = tuple(
-            v for v in vars(self).values() if isinstance(v, Counter | Histogram)
+            v for v in vars(self).values() if isinstance(v, Counter | Gauge | Histogram)
         )
         registered: list[Any] = []
         try:
@@ -157,6 +196,8 @@ class HelperTelemetry(RunHook):
             VERDICT_EVENT: self._guardrail_verdict,
         }
         self.observed_events = frozenset(self._handlers)
+        self._lock = threading.Lock()
+        self._queues: dict[str, weakref.WeakSet[ChunkQueue[Any]]] = {}
 
     def on_event(self, event: Event) -> None:
         """Record a helper's event; other events pass by."""
@@ -262,3 +303,71 @@ class HelperTelemetry(RunHook):
         if tokens is not None:
             metrics.provider_tokens.labels(*labels, "input").inc(tokens[0])
             metrics.provider_tokens.labels(*labels, "output").inc(tokens[1])
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def observe_stream(
+        self, name: str, queue: ChunkQueue[Any], ctx: StageContext
+    ) -> _StreamRecorder | None:
+        """Observe a stream queue opened by a stage: its depth, chunk counts and timings."""
+        metrics = self.metrics
+        if metrics is not None:
+            with self._lock:
+                live = self._queues.get(name)
+                if live is None:
+                    live = self._queues[name] = weakref.WeakSet()
+                    # Read at scrape time: the depth costs nothing per chunk, and a queue
+                    # nobody closed stops counting once it is gone.
+                    metrics.stream_queue_depth.labels(name).set_function(_depth_of(live))
+                live.add(queue)
+        return _StreamRecorder(metrics, name)
+
+
+def _depth_of(live: weakref.WeakSet[ChunkQueue[Any]]) -> Callable[[], float]:
+    def depth() -> float:
+        return float(sum(len(queue) for queue in list(live)))
+
+    return depth
+
+
+class _StreamRecorder:
+    """What ``HelperTelemetry`` does for one stream queue."""
+
+    __slots__ = ("_counters", "_metrics", "name")
+
+    def __init__(self, metrics: HelperMetrics | None, name: str) -> None:
+        self._metrics = metrics
+        self.name = name
+        self._counters: dict[str, Any] = {}
+
+    def chunks_counted(self, result: str, count: int) -> None:
+        """Count chunks by result."""
+        metrics = self._metrics
+        if metrics is None:
+            return
+        counter = self._counters.get(result)
+        if counter is None:
+            counter = self._counters[result] = metrics.stream_chunks.labels(self.name, result)
+        counter.inc(count)
+
+    def stream_ended(self, statistics: StreamStatistics) -> None:
+        """Put the stream's timings on the current (the reading stage's) span; observe them."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            attributes: dict[str, Any] = {
+                STREAM_QUEUE: statistics.name,
+                STREAM_DELIVERED: statistics.delivered,
+                STREAM_DROPPED: statistics.dropped,
+                STREAM_EVICTED: statistics.evicted,
+            }
+            if statistics.first_chunk_s is not None:
+                attributes[STREAM_FIRST_CHUNK_S] = statistics.first_chunk_s
+            if statistics.duration_s is not None:
+                attributes[STREAM_DURATION_S] = statistics.duration_s
+            span.set_attributes(attributes)
+        metrics = self._metrics
+        if metrics is not None:
+            if statistics.first_chunk_s is not None:
+                metrics.stream_first_chunk.labels(self.name).observe(statistics.first_chunk_s)
+            if statistics.duration_s is not None:
+                metrics.stream_duration.labels(self.name).observe(statistics.duration_s)

@@ -7,6 +7,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from stageflow_otel import Pipeline, StageContext, StageExecutionError
 from stageflow_otel.helpers import (
+    ChunkQueue,
     ContentFilter,
     GuardStage,
     MockAuthProvider,
@@ -190,3 +191,46 @@ async def test_a_failed_provider_call_is_an_error_span_with_its_type(
     labels = {"operation": "speech_to_text", "provider": "mock", "model": "mock-stt"}
     assert telemetry.sample("stageflow_provider_calls_total", {**labels, "status": "fail"}) == 1.0
     assert telemetry.open_spans() == []
+
+
+async def test_a_stream_is_measured_on_the_reading_stage_and_in_metrics(
+    telemetry: InMemoryTelemetry, helpers: HelperTelemetry
+) -> None:
+    depth_seen: list[float | None] = []
+
+    async def relay(ctx: StageContext) -> dict[str, int]:
+        queue: ChunkQueue[bytes] = ChunkQueue(4, policy="drop_oldest", name="audio", ctx=ctx)
+        for i in range(10):  # a stalled consumer: 6 chunks are evicted
+            queue.put_nowait(bytes([i]))
+        depth_seen.append(telemetry.sample("stageflow_stream_queue_depth", {"queue": "audio"}))
+        queue.close()
+        received = [chunk async for chunk in queue]
+        return {"chunks": len(received)}
+
+    graph = Pipeline("voice").with_stage("relay", relay).build(hooks=(*telemetry.hooks, helpers))
+    await run_graph(graph)
+    assert depth_seen == [4.0]
+    attributes = dict(telemetry.span("stage.run relay").attributes or {})
+    stream = {k: v for k, v in attributes.items() if k.startswith("stageflow.stream.")}
+    first, duration = (
+        stream.pop("stageflow.stream.first_chunk_s"),
+        stream.pop("stageflow.stream.duration_s"),
+    )
+    assert isinstance(first, float)
+    assert isinstance(duration, float)
+    assert 0 <= first <= duration
+    assert stream == {
+        "stageflow.stream.queue": "audio",
+        "stageflow.stream.delivered": 4,
+        "stageflow.stream.dropped": 0,
+        "stageflow.stream.evicted": 6,
+    }
+    chunks = "stageflow_stream_chunks_total"
+    counts = {
+        result: telemetry.sample(chunks, {"queue": "audio", "result": result})
+        for result in ("offered", "delivered", "dropped", "evicted")
+    }
+    assert counts == {"offered": 10.0, "delivered": 4.0, "dropped": None, "evicted": 6.0}
+    assert telemetry.sample("stageflow_stream_queue_depth", {"queue": "audio"}) == 0.0
+    for histogram in ("stageflow_stream_first_chunk_seconds", "stageflow_stream_duration_seconds"):
+        assert telemetry.sample(f"{histogram}_count", {"queue": "audio"}) == 1.0
