@@ -29,6 +29,13 @@ from .guardrails import RegexDetector as RegexDetector
 from .guardrails import Verdict as Verdict
 from .guardrails import luhn_valid as luhn_valid
 from .guardrails import mod97_valid as mod97_valid
+from .memory import InMemoryMemoryStore as InMemoryMemoryStore
+from .memory import MemoryFetchStage as MemoryFetchStage
+from .memory import MemoryStore as MemoryStore
+from .memory import MemoryWindow as MemoryWindow
+from .memory import MemoryWriteStage as MemoryWriteStage
+from .memory import RedisMemoryStore as RedisMemoryStore
+from .memory import Turn as Turn
 from .mocks import MockAuthProvider as MockAuthProvider
 from .mocks import MockChatModel as MockChatModel
 from .mocks import MockProviderError as MockProviderError
@@ -65,7 +72,12 @@ __all__ = (
     "GuardrailViolation",
     "IPAddressDetector",
     "IbanDetector",
+    "InMemoryMemoryStore",
     "InputLengthPolicy",
+    "MemoryFetchStage",
+    "MemoryStore",
+    "MemoryWindow",
+    "MemoryWriteStage",
     "MockAuthProvider",
     "MockChatModel",
     "MockProviderError",
@@ -79,12 +91,14 @@ __all__ = (
     "ProviderCall",
     "ProviderCallObserver",
     "RateLimitPolicy",
+    "RedisMemoryStore",
     "RegexDetector",
     "SpeechAudio",
     "StreamObserver",
     "StreamStatistics",
     "ToolCallRequest",
     "Transcript",
+    "Turn",
     "Verdict",
     "luhn_valid",
     "mod97_valid",

@@ -30,6 +30,7 @@ from stageflow_otel.core.errors import qualified_name
 from stageflow_otel.core.events import Event
 from stageflow_otel.core.seams import RunHook
 from stageflow_otel.helpers.guardrails import VERDICT_EVENT
+from stageflow_otel.helpers.memory import FETCHED_EVENT, WRITTEN_EVENT
 from stageflow_otel.helpers.providers import ChatResponse, ProviderCall
 from stageflow_otel.helpers.streaming import ChunkQueue, StreamStatistics
 
@@ -41,6 +42,7 @@ from .telemetry import Telemetry
 __all__ = (
     "GUARDRAIL_FINDINGS",
     "GUARDRAIL_VERDICTS",
+    "MEMORY_TURNS",
     "PROVIDER_CALLS",
     "PROVIDER_DURATION",
     "PROVIDER_TOKENS",
@@ -91,6 +93,11 @@ STREAM_DURATION = MetricSpec(
     "stageflow_stream_duration_seconds", "Time from opening a stream to its end being read.", ("queue",)
 )  # fmt: skip
 
+MEMORY_TURNS = MetricSpec(
+    "stageflow_memory_turns", "Conversation turns fetched from and written to memory stores.",
+    ("store", "operation"),
+)  # fmt: skip
+
 GEN_AI_PROVIDER = "gen_ai.provider.name"
 GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
 GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
@@ -107,6 +114,12 @@ _REQUEST_PARAMETERS = {
 
 GUARDRAIL_EVENT = "stageflow.guardrail.verdict"
 """The span event of a guardrail verdict."""
+
+MEMORY_STORE = "stageflow.memory.store"
+MEMORY_OPERATION = "stageflow.memory.operation"
+MEMORY_TURNS_ATTRIBUTE = "stageflow.memory.turns"
+MEMORY_CHARS = "stageflow.memory.chars"
+_MEMORY_OPERATIONS = {FETCHED_EVENT: "fetch", WRITTEN_EVENT: "write"}
 
 STREAM_QUEUE = "stageflow.stream.queue"
 STREAM_FIRST_CHUNK_S = "stageflow.stream.first_chunk_s"
@@ -134,6 +147,7 @@ class HelperMetrics:
         self.provider_calls = _counter(PROVIDER_CALLS)
         self.provider_duration = _histogram(PROVIDER_DURATION)
         self.provider_tokens = _counter(PROVIDER_TOKENS)
+        self.memory_turns = _counter(MEMORY_TURNS)
         self.stream_chunks = _counter(STREAM_CHUNKS)
         self.stream_queue_depth = Gauge(
             STREAM_QUEUE_DEPTH.name,
@@ -194,6 +208,8 @@ class HelperTelemetry(RunHook):
         self.metrics = HelperMetrics(telemetry.registry) if metrics else None
         self._handlers: dict[str, Callable[[Event], None]] = {
             VERDICT_EVENT: self._guardrail_verdict,
+            FETCHED_EVENT: self._memory_used,
+            WRITTEN_EVENT: self._memory_used,
         }
         self.observed_events = frozenset(self._handlers)
         self._lock = threading.Lock()
@@ -236,6 +252,26 @@ class HelperTelemetry(RunHook):
             self.metrics.guardrail_verdicts.labels(pipeline, stage, check, verdict).inc()
             for kind in kinds:
                 self.metrics.guardrail_findings.labels(pipeline, stage, kind).inc()
+
+    # -- memory ----------------------------------------------------------------------------
+
+    def _memory_used(self, event: Event) -> None:
+        fields = event.fields
+        store = str(fields.get("store", ""))
+        operation = _MEMORY_OPERATIONS[event.type]
+        turns = int(fields.get("turns", 0))
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    MEMORY_STORE: store,
+                    MEMORY_OPERATION: operation,
+                    MEMORY_TURNS_ATTRIBUTE: turns,
+                    MEMORY_CHARS: int(fields.get("chars", 0)),
+                }
+            )
+        if self.metrics is not None:
+            self.metrics.memory_turns.labels(store, operation).inc(turns)
 
     # -- provider calls --------------------------------------------------------------------
 

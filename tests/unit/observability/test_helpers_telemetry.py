@@ -5,17 +5,21 @@ from __future__ import annotations
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from stageflow_otel import Pipeline, StageContext, StageExecutionError
+from stageflow_otel import Pipeline, RunIdentity, StageContext, StageExecutionError
 from stageflow_otel.helpers import (
     ChunkQueue,
     ContentFilter,
     GuardStage,
+    InMemoryMemoryStore,
+    MemoryFetchStage,
+    MemoryWriteStage,
     MockAuthProvider,
     MockChatModel,
     MockSpeechToText,
     MockTextToSpeech,
     PIICheck,
     PIIDetector,
+    Turn,
 )
 from stageflow_otel.observability.helpers import HelperTelemetry
 from stageflow_otel.testing import InMemoryTelemetry, in_memory_telemetry
@@ -234,3 +238,44 @@ async def test_a_stream_is_measured_on_the_reading_stage_and_in_metrics(
     assert telemetry.sample("stageflow_stream_queue_depth", {"queue": "audio"}) == 0.0
     for histogram in ("stageflow_stream_first_chunk_seconds", "stageflow_stream_duration_seconds"):
         assert telemetry.sample(f"{histogram}_count", {"queue": "audio"}) == 1.0
+
+
+async def test_memory_stages_record_their_counts_on_the_span_and_in_metrics(
+    telemetry: InMemoryTelemetry, helpers: HelperTelemetry
+) -> None:
+    store = InMemoryMemoryStore()
+    await store.append("s", [Turn("user", "hello"), Turn("assistant", "hi")])
+
+    async def answer(ctx: StageContext) -> dict[str, str]:
+        return {"reply": "fine"}
+
+    graph = (
+        Pipeline("chat")
+        .with_stage("memory", MemoryFetchStage(store))
+        .with_stage("answer", answer, dependencies=["memory"])
+        .with_stage(
+            "remember", MemoryWriteStage(store, reply_from="answer"), dependencies=["answer"]
+        )
+        .build(hooks=(*telemetry.hooks, helpers))
+    )
+    await run_graph(graph, data={"text": "how are you"}, identity=RunIdentity(session_id="s"))
+
+    def memory_attributes(stage: str) -> dict[str, object]:
+        attributes = telemetry.span(f"stage.run {stage}").attributes or {}
+        return {k: v for k, v in attributes.items() if k.startswith("stageflow.memory.")}
+
+    assert memory_attributes("memory") == {
+        "stageflow.memory.store": "in_memory",
+        "stageflow.memory.operation": "fetch",
+        "stageflow.memory.turns": 2,
+        "stageflow.memory.chars": 7,
+    }
+    assert memory_attributes("remember") == {
+        "stageflow.memory.store": "in_memory",
+        "stageflow.memory.operation": "write",
+        "stageflow.memory.turns": 2,
+        "stageflow.memory.chars": 15,
+    }
+    turns = "stageflow_memory_turns_total"
+    assert telemetry.sample(turns, {"store": "in_memory", "operation": "fetch"}) == 2.0
+    assert telemetry.sample(turns, {"store": "in_memory", "operation": "write"}) == 2.0
