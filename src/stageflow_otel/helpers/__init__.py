@@ -8,6 +8,11 @@ events and metrics.
 
 from __future__ import annotations
 
+from .analytics import AnalyticsExporter as AnalyticsExporter
+from .analytics import AnalyticsRow as AnalyticsRow
+from .analytics import AnalyticsSink as AnalyticsSink
+from .analytics import ConsoleExporter as ConsoleExporter
+from .analytics import JsonLinesExporter as JsonLinesExporter
 from .guardrails import CardNumberDetector as CardNumberDetector
 from .guardrails import CheckResult as CheckResult
 from .guardrails import ContentFilter as ContentFilter
@@ -57,12 +62,16 @@ from .streaming import StreamStatistics as StreamStatistics
 from .streaming import rechunk as rechunk
 
 __all__ = (
+    "AnalyticsExporter",
+    "AnalyticsRow",
+    "AnalyticsSink",
     "AuthToken",
     "BackpressureMonitor",
     "CardNumberDetector",
     "ChatResponse",
     "CheckResult",
     "ChunkQueue",
+    "ConsoleExporter",
     "ContentFilter",
     "Detector",
     "EmailDetector",
@@ -74,6 +83,7 @@ __all__ = (
     "IbanDetector",
     "InMemoryMemoryStore",
     "InputLengthPolicy",
+    "JsonLinesExporter",
     "MemoryFetchStage",
     "MemoryStore",
     "MemoryWindow",

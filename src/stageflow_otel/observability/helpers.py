@@ -25,6 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from stageflow_otel.core.backpressure import SinkListener
 from stageflow_otel.core.context import StageContext
 from stageflow_otel.core.errors import qualified_name
 from stageflow_otel.core.events import Event
@@ -37,6 +38,7 @@ from stageflow_otel.helpers.streaming import ChunkQueue, StreamStatistics
 from . import attributes as attr
 from .metrics import DURATION_BUCKETS, LabelGuard, MetricSpec
 from .records import current_run
+from .sinks import _SinkMetrics
 from .telemetry import Telemetry
 
 __all__ = (
@@ -252,6 +254,18 @@ class HelperTelemetry(RunHook):
             self.metrics.guardrail_verdicts.labels(pipeline, stage, check, verdict).inc()
             for kind in kinds:
                 self.metrics.guardrail_findings.labels(pipeline, stage, kind).inc()
+
+    # -- analytics -------------------------------------------------------------------------
+
+    def sink_listener(self, name: str = "analytics") -> SinkListener | None:
+        """A listener that feeds the ``stageflow_sink_*`` metrics of a sink named ``name``.
+
+        Pass it to ``AnalyticsSink(listener=...)`` (with the same ``name``): the sink's
+        queue size and capacity, exported and dropped rows and export durations are then
+        metrics like the event export's. ``None`` when the telemetry records no metrics.
+        """
+        metrics = self.telemetry.metrics
+        return None if metrics is None else _SinkMetrics(metrics, name)
 
     # -- memory ----------------------------------------------------------------------------
 

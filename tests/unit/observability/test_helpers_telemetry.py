@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
 from stageflow_otel import Pipeline, RunIdentity, StageContext, StageExecutionError
 from stageflow_otel.helpers import (
+    AnalyticsRow,
+    AnalyticsSink,
     ChunkQueue,
     ContentFilter,
     GuardStage,
@@ -24,7 +28,7 @@ from stageflow_otel.helpers import (
 from stageflow_otel.observability.helpers import HelperTelemetry
 from stageflow_otel.testing import InMemoryTelemetry, in_memory_telemetry
 
-from .support import run_graph
+from .support import ok_stage, run_graph
 
 pytestmark = pytest.mark.anyio
 
@@ -279,3 +283,40 @@ async def test_memory_stages_record_their_counts_on_the_span_and_in_metrics(
     turns = "stageflow_memory_turns_total"
     assert telemetry.sample(turns, {"store": "in_memory", "operation": "fetch"}) == 2.0
     assert telemetry.sample(turns, {"store": "in_memory", "operation": "write"}) == 2.0
+
+
+async def test_an_analytics_sink_reports_through_the_sink_metrics(
+    telemetry: InMemoryTelemetry, helpers: HelperTelemetry
+) -> None:
+    rows: list[AnalyticsRow] = []
+
+    class Warehouse:
+        def export(self, batch: Sequence[AnalyticsRow], /) -> bool:
+            rows.extend(batch)
+            return True
+
+    sink = AnalyticsSink(Warehouse(), max_queue_size=64, listener=helpers.sink_listener())
+    graph = (
+        Pipeline("orders")
+        .with_stage("load", ok_stage)
+        .build(
+            hooks=(*telemetry.hooks, helpers),
+            event_sink=sink,
+            emit_stage_wide_events=True,
+            emit_pipeline_wide_event=True,
+        )
+    )
+    await run_graph(graph)
+    assert await sink.aclose()
+    assert [row.table for row in rows] == ["stage_runs", "pipeline_runs"]
+    assert rows[0].data["trace_id"] == format(
+        telemetry.span("stage.run load").context.trace_id, "032x"
+    )
+    exported = {"sink": "analytics", "result": "exported"}
+    assert telemetry.sample("stageflow_sink_events_total", exported) == 2.0
+    assert telemetry.sample("stageflow_sink_queue_capacity", {"sink": "analytics"}) == 64.0
+    exports = telemetry.sample(
+        "stageflow_sink_export_duration_seconds_count", {"sink": "analytics"}
+    )
+    assert exports is not None
+    assert exports >= 1.0
