@@ -17,6 +17,7 @@ from stageflow_otel.helpers import (
     GuardStage,
     InMemoryMemoryStore,
     MemoryFetchStage,
+    MemoryTrackingInterceptor,
     MemoryWriteStage,
     MockAuthProvider,
     MockChatModel,
@@ -94,6 +95,7 @@ def helper_run() -> Iterator[tuple[InMemoryTelemetry, CollectingEventSink]]:
         assert [chunk async for chunk in queue] == ["a"]
 
     store = InMemoryMemoryStore()
+    tracker = MemoryTrackingInterceptor()
     pipeline = (
         Pipeline("helpers")
         .with_stage("guard", GuardStage([PIICheck(), ContentFilter(["forbidden"])]))
@@ -101,6 +103,7 @@ def helper_run() -> Iterator[tuple[InMemoryTelemetry, CollectingEventSink]]:
         .with_stage("relay", relay)
         .with_stage("memory", MemoryFetchStage(store))
         .with_stage("remember", MemoryWriteStage(store, turns=lambda ctx: [Turn("user", "x")]))
+        .with_stage("measured", relay, interceptors=[tracker])
     )
 
     async def go() -> None:
@@ -109,7 +112,10 @@ def helper_run() -> Iterator[tuple[InMemoryTelemetry, CollectingEventSink]]:
                 {"text": "a@b.io"}, identity=RunIdentity(session_id="s")
             )
 
-    anyio.run(go)
+    try:
+        anyio.run(go)
+    finally:
+        tracker.close()
     yield recorded, sink
     recorded.shutdown()
 

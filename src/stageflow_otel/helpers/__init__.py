@@ -60,6 +60,7 @@ from .streaming import ChunkQueue as ChunkQueue
 from .streaming import StreamObserver as StreamObserver
 from .streaming import StreamStatistics as StreamStatistics
 from .streaming import rechunk as rechunk
+from .tracking import MemoryTrackingInterceptor as MemoryTrackingInterceptor
 
 __all__ = (
     "AnalyticsExporter",
@@ -86,6 +87,7 @@ __all__ = (
     "JsonLinesExporter",
     "MemoryFetchStage",
     "MemoryStore",
+    "MemoryTrackingInterceptor",
     "MemoryWindow",
     "MemoryWriteStage",
     "MockAuthProvider",

@@ -34,10 +34,11 @@ from stageflow_otel.helpers.guardrails import VERDICT_EVENT
 from stageflow_otel.helpers.memory import FETCHED_EVENT, WRITTEN_EVENT
 from stageflow_otel.helpers.providers import ChatResponse, ProviderCall
 from stageflow_otel.helpers.streaming import ChunkQueue, StreamStatistics
+from stageflow_otel.helpers.tracking import MEMORY_EVENT
 
 from . import attributes as attr
 from .metrics import DURATION_BUCKETS, LabelGuard, MetricSpec
-from .records import current_run
+from .records import current_run, current_stage
 from .sinks import _SinkMetrics
 from .telemetry import Telemetry
 
@@ -48,6 +49,7 @@ __all__ = (
     "PROVIDER_CALLS",
     "PROVIDER_DURATION",
     "PROVIDER_TOKENS",
+    "STAGE_MEMORY_PEAK",
     "STREAM_CHUNKS",
     "STREAM_DURATION",
     "STREAM_FIRST_CHUNK",
@@ -100,6 +102,13 @@ MEMORY_TURNS = MetricSpec(
     ("store", "operation"),
 )  # fmt: skip
 
+STAGE_MEMORY_PEAK = MetricSpec(
+    "stageflow_stage_memory_peak_bytes", "Peak Python memory a measured stage allocated (tracemalloc).",
+    ("pipeline", "stage"),
+)  # fmt: skip
+BYTE_BUCKETS = tuple(float(4**n * 1024) for n in range(11))
+"""Buckets of the memory histogram: 1 KiB to 1 GiB, times four each."""
+
 GEN_AI_PROVIDER = "gen_ai.provider.name"
 GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
 GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
@@ -122,6 +131,9 @@ MEMORY_OPERATION = "stageflow.memory.operation"
 MEMORY_TURNS_ATTRIBUTE = "stageflow.memory.turns"
 MEMORY_CHARS = "stageflow.memory.chars"
 _MEMORY_OPERATIONS = {FETCHED_EVENT: "fetch", WRITTEN_EVENT: "write"}
+
+STAGE_MEMORY_PEAK_BYTES = "stageflow.stage.memory.peak_bytes"
+STAGE_MEMORY_ALLOCATED_BYTES = "stageflow.stage.memory.allocated_bytes"
 
 STREAM_QUEUE = "stageflow.stream.queue"
 STREAM_FIRST_CHUNK_S = "stageflow.stream.first_chunk_s"
@@ -150,6 +162,7 @@ class HelperMetrics:
         self.provider_duration = _histogram(PROVIDER_DURATION)
         self.provider_tokens = _counter(PROVIDER_TOKENS)
         self.memory_turns = _counter(MEMORY_TURNS)
+        self.stage_memory_peak = _histogram(STAGE_MEMORY_PEAK, BYTE_BUCKETS)
         self.stream_chunks = _counter(STREAM_CHUNKS)
         self.stream_queue_depth = Gauge(
             STREAM_QUEUE_DEPTH.name,
@@ -182,6 +195,12 @@ class HelperMetrics:
                 self.registry.unregister(collector)
 
 
+def _stage_span() -> trace.Span:
+    """The span of the stage running here (not an interceptor's inside it), else the current."""
+    stage = current_stage.get()
+    return stage.span if stage is not None else trace.get_current_span()
+
+
 def _counter(spec: MetricSpec) -> Counter:
     return Counter(spec.name, spec.description, spec.labels, registry=None)
 
@@ -212,6 +231,7 @@ class HelperTelemetry(RunHook):
             VERDICT_EVENT: self._guardrail_verdict,
             FETCHED_EVENT: self._memory_used,
             WRITTEN_EVENT: self._memory_used,
+            MEMORY_EVENT: self._memory_measured,
         }
         self.observed_events = frozenset(self._handlers)
         self._lock = threading.Lock()
@@ -238,7 +258,7 @@ class HelperTelemetry(RunHook):
         check = str(fields.get("check", ""))
         verdict = str(fields.get("verdict", ""))
         kinds = [str(k) for k in fields.get("kinds", ())]
-        span = trace.get_current_span()
+        span = _stage_span()
         if span.is_recording():
             span.add_event(
                 GUARDRAIL_EVENT,
@@ -274,7 +294,7 @@ class HelperTelemetry(RunHook):
         store = str(fields.get("store", ""))
         operation = _MEMORY_OPERATIONS[event.type]
         turns = int(fields.get("turns", 0))
-        span = trace.get_current_span()
+        span = _stage_span()
         if span.is_recording():
             span.set_attributes(
                 {
@@ -286,6 +306,23 @@ class HelperTelemetry(RunHook):
             )
         if self.metrics is not None:
             self.metrics.memory_turns.labels(store, operation).inc(turns)
+
+    # -- memory tracking -------------------------------------------------------------------
+
+    def _memory_measured(self, event: Event) -> None:
+        fields = event.fields
+        peak = int(fields.get("peak_bytes", 0))
+        span = _stage_span()
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    STAGE_MEMORY_PEAK_BYTES: peak,
+                    STAGE_MEMORY_ALLOCATED_BYTES: int(fields.get("allocated_bytes", 0)),
+                }
+            )
+        if self.metrics is not None:
+            pipeline, stage = self._stage_labels(fields)
+            self.metrics.stage_memory_peak.labels(pipeline, stage).observe(peak)
 
     # -- provider calls --------------------------------------------------------------------
 
@@ -402,7 +439,7 @@ class _StreamRecorder:
 
     def stream_ended(self, statistics: StreamStatistics) -> None:
         """Put the stream's timings on the current (the reading stage's) span; observe them."""
-        span = trace.get_current_span()
+        span = _stage_span()
         if span.is_recording():
             attributes: dict[str, Any] = {
                 STREAM_QUEUE: statistics.name,

@@ -7,7 +7,13 @@ from collections.abc import Sequence
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from stageflow_otel import Pipeline, RunIdentity, StageContext, StageExecutionError
+from stageflow_otel import (
+    Pipeline,
+    RetryInterceptor,
+    RunIdentity,
+    StageContext,
+    StageExecutionError,
+)
 from stageflow_otel.helpers import (
     AnalyticsRow,
     AnalyticsSink,
@@ -16,6 +22,7 @@ from stageflow_otel.helpers import (
     GuardStage,
     InMemoryMemoryStore,
     MemoryFetchStage,
+    MemoryTrackingInterceptor,
     MemoryWriteStage,
     MockAuthProvider,
     MockChatModel,
@@ -320,3 +327,48 @@ async def test_an_analytics_sink_reports_through_the_sink_metrics(
     )
     assert exports is not None
     assert exports >= 1.0
+
+
+async def test_a_measured_stage_has_its_memory_on_the_span_and_in_a_histogram(
+    telemetry: InMemoryTelemetry, helpers: HelperTelemetry
+) -> None:
+    tracker = MemoryTrackingInterceptor()
+
+    async def allocate(ctx: StageContext) -> dict[str, bytes]:
+        return {"blob": bytes(256 * 1024)}
+
+    graph = (
+        Pipeline("p")
+        .with_stage("allocate", allocate, interceptors=[tracker])
+        .build(hooks=(*telemetry.hooks, helpers))
+    )
+    try:
+        await run_graph(graph)
+    finally:
+        tracker.close()
+    attributes = telemetry.span("stage.run allocate").attributes or {}
+    peak = attributes["stageflow.stage.memory.peak_bytes"]
+    allocated = attributes["stageflow.stage.memory.allocated_bytes"]
+    assert isinstance(peak, int)
+    assert isinstance(allocated, int)
+    assert peak >= allocated >= 256 * 1024
+    labels = {"pipeline": "p", "stage": "allocate"}
+    assert telemetry.sample("stageflow_stage_memory_peak_bytes_count", labels) == 1.0
+    assert telemetry.sample("stageflow_stage_memory_peak_bytes_sum", labels) == float(peak)
+
+
+async def test_helper_records_go_to_the_stage_span_not_an_interceptor_span(
+    telemetry: InMemoryTelemetry, helpers: HelperTelemetry
+) -> None:
+    guard = GuardStage([PIICheck()])
+    graph = (
+        Pipeline("chat")
+        .with_stage("guard", guard, interceptors=[RetryInterceptor(max_attempts=2)])
+        .build(hooks=(*telemetry.hooks, helpers))
+    )
+    await run_graph(graph, data={"text": "a@b.io"})
+    assert telemetry.tree() == ["pipeline.run chat", "  stage.run guard", "    interceptor retry"]
+    assert [e.name for e in telemetry.span("stage.run guard").events] == [
+        "stageflow.guardrail.verdict"
+    ]
+    assert telemetry.span("interceptor retry").events == ()
