@@ -210,13 +210,23 @@ def _histogram(spec: MetricSpec, buckets: tuple[float, ...] = DURATION_BUCKETS) 
 
 
 class HelperTelemetry(RunHook):
-    """Records what the helpers report: span events, stage-span attributes, metrics.
+    """Records what the helpers report: span events, stage-span attributes, spans, metrics.
+
+    What it records, through which seam:
+
+    * helper events (``guardrail.verdict``, ``memory.fetched``, ``memory.written``,
+      ``stage.memory``), seen in ``on_event``: span events and attributes on the stage's
+      ``stage.run`` span (also when an interceptor's span is current), and counters;
+    * provider calls (``around_provider_call``): a GenAI client span each, and counters;
+    * stream queues opened with a stage's context (``observe_stream``): chunk counts, the
+      queue depth, first-chunk latency and duration;
+    * analytics sinks given :meth:`sink_listener`: the ``stageflow_sink_*`` metrics.
+
+    A failure to record is logged and never reaches the pipeline.
 
     Args:
-        telemetry: The telemetry whose registry (and label bounds) the metrics share; spans
-            are recorded wherever the current span is (the stage span of the telemetry's
-            hook).
-        metrics: Record Prometheus metrics (``False``: span events and attributes only).
+        telemetry: The telemetry whose tracer, registry and label bounds this shares.
+        metrics: Record Prometheus metrics (``False``: spans, span events and attributes only).
 
     Raises:
         ValueError: The telemetry's registry already holds the helper metrics.
@@ -399,15 +409,21 @@ class HelperTelemetry(RunHook):
         """Observe a stream queue opened by a stage: its depth, chunk counts and timings."""
         metrics = self.metrics
         if metrics is not None:
-            with self._lock:
-                live = self._queues.get(name)
-                if live is None:
-                    live = self._queues[name] = weakref.WeakSet()
-                    # Read at scrape time: the depth costs nothing per chunk, and a queue
-                    # nobody closed stops counting once it is gone.
-                    metrics.stream_queue_depth.labels(name).set_function(_depth_of(live))
-                live.add(queue)
+            try:
+                self._watch_depth(metrics, name, queue)
+            except Exception:
+                logger.exception("observing the depth of stream %r failed", name)
         return _StreamRecorder(metrics, name)
+
+    def _watch_depth(self, metrics: HelperMetrics, name: str, queue: ChunkQueue[Any]) -> None:
+        with self._lock:
+            live = self._queues.get(name)
+            if live is None:
+                live = self._queues[name] = weakref.WeakSet()
+                # Read at scrape time: the depth costs nothing per chunk, and a queue nobody
+                # closed stops counting once it is gone.
+                metrics.stream_queue_depth.labels(name).set_function(_depth_of(live))
+            live.add(queue)
 
 
 def _depth_of(live: weakref.WeakSet[ChunkQueue[Any]]) -> Callable[[], float]:
@@ -432,13 +448,22 @@ class _StreamRecorder:
         metrics = self._metrics
         if metrics is None:
             return
-        counter = self._counters.get(result)
-        if counter is None:
-            counter = self._counters[result] = metrics.stream_chunks.labels(self.name, result)
-        counter.inc(count)
+        try:
+            counter = self._counters.get(result)
+            if counter is None:
+                counter = self._counters[result] = metrics.stream_chunks.labels(self.name, result)
+            counter.inc(count)
+        except Exception:
+            logger.exception("counting the chunks of stream %r failed", self.name)
 
     def stream_ended(self, statistics: StreamStatistics) -> None:
-        """Put the stream's timings on the current (the reading stage's) span; observe them."""
+        """Put the stream's timings on the reading stage's span; observe them."""
+        try:
+            self._record_end(statistics)
+        except Exception:
+            logger.exception("recording the end of stream %r failed", self.name)
+
+    def _record_end(self, statistics: StreamStatistics) -> None:
         span = _stage_span()
         if span.is_recording():
             attributes: dict[str, Any] = {
