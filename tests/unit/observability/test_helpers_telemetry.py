@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import anyio
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -372,3 +373,21 @@ async def test_helper_records_go_to_the_stage_span_not_an_interceptor_span(
         "stageflow.guardrail.verdict"
     ]
     assert telemetry.span("interceptor retry").events == ()
+
+
+async def test_a_cancelled_provider_call_leaves_no_span_open(
+    telemetry: InMemoryTelemetry, helpers: HelperTelemetry
+) -> None:
+    model = MockChatModel("slow", latency=60.0)
+
+    async def ask(ctx: StageContext) -> None:
+        await model.chat([{"role": "user", "content": "hi"}], ctx=ctx)
+
+    graph = Pipeline("chat").with_stage("ask", ask).build(hooks=(*telemetry.hooks, helpers))
+    with anyio.move_on_after(0.05):
+        await graph.run()
+    assert telemetry.open_spans() == []
+    span = telemetry.span("chat slow")
+    assert span.status.status_code is StatusCode.UNSET
+    labels = {"operation": "chat", "provider": "mock", "model": "slow", "status": "cancel"}
+    assert telemetry.sample("stageflow_provider_calls_total", labels) == 1.0
