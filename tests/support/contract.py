@@ -41,6 +41,16 @@ def section(markdown: str, heading: str) -> str:
     return rest if end is None else rest[: end.start()]
 
 
+def subsection(text: str, heading: str) -> str:
+    """The text under ``### heading`` of a section (up to the next ``### ``), or an error."""
+    match = re.search(rf"^### {re.escape(heading)}[^\n]*\n", text, flags=re.MULTILINE)
+    if match is None:
+        raise LookupError(f"docs/telemetry.md has no '### {heading}' subsection")
+    rest = text[match.end() :]
+    end = re.search(r"^### ", rest, flags=re.MULTILINE)
+    return rest if end is None else rest[: end.start()]
+
+
 def table_rows(text: str) -> list[list[str]]:
     """The body rows of every Markdown table in ``text``, as cells (header and rule skipped)."""
     rows: list[list[str]] = []
@@ -85,7 +95,7 @@ class ContractMetric:
 def parse_contract_metrics(
     markdown: str, heading: str = "Prometheus metrics"
 ) -> dict[str, ContractMetric]:
-    """Parse the ``| metric | type | labels |`` table under "## Prometheus metrics"."""
+    """Parse the ``| metric | type | labels |`` table under "## Prometheus metrics" (or ``heading``)."""
     metrics: dict[str, ContractMetric] = {}
     for cells in table_rows(section(markdown, heading)):
         if len(cells) < 3 or not cells[0].startswith("`stageflow_"):

@@ -1,4 +1,4 @@
-"""The engine and the tools stay free of telemetry libraries."""
+"""The engine, the tools and the helpers stay free of telemetry libraries."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ TELEMETRY = ("opentelemetry", "prometheus_client", "structlog")
     "module",
     [
         "stageflow_otel.core",
+        "stageflow_otel.tools",
+        "stageflow_otel.helpers",
         "stageflow_otel",
         "stageflow_otel.pipeline_files",
         "stageflow_otel.plugins",

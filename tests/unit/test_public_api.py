@@ -8,7 +8,12 @@ from types import ModuleType
 
 import pytest
 
-PUBLIC_MODULES = ("stageflow_otel", "stageflow_otel.core", "stageflow_otel.distributed")
+PUBLIC_MODULES = (
+    "stageflow_otel",
+    "stageflow_otel.core",
+    "stageflow_otel.distributed",
+    "stageflow_otel.helpers",
+)
 
 
 def public_names(module: ModuleType) -> set[str]:

@@ -6,6 +6,7 @@ registry); the engine imports nothing from here.
 
 from __future__ import annotations
 
+from .helpers import HelperTelemetry as HelperTelemetry
 from .hook import Redactor as Redactor
 from .hook import TelemetryHook as TelemetryHook
 from .instrumentation import StageflowInstrumentor as StageflowInstrumentor
@@ -22,6 +23,7 @@ from .sinks import SpanEventSink as SpanEventSink
 from .telemetry import Telemetry as Telemetry
 
 __all__ = (
+    "HelperTelemetry",
     "MetricsServer",
     "OtelLogEventSink",
     "Recorder",

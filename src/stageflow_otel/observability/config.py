@@ -212,7 +212,7 @@ class Settings:
         Raises:
             ValueError: A variable does not parse or is out of range; the message names it.
         """
-        raw_events = os.environ.get(EVENTS, "")  # parse() strips; errors quote it as typed
+        raw_events = os.environ.get(EVENTS, "")  # an error message quotes it as it was set
         return cls(
             metrics_addr=os.environ.get(METRICS_ADDR, "").strip() or "127.0.0.1",
             metrics_port=_env_int(METRICS_PORT, 9464, 0, 65535),
