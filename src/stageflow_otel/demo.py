@@ -30,6 +30,10 @@ re-exports it. It uses the engine and the tools only, never a telemetry library.
   ``capture_payment``).
 - ``price_order`` is a plain ``def``; with ``build_order_pipeline(remote=executor)``
   (``stageflow-otel demo --dask ADDRESS``) it runs on a Dask worker, in the same trace.
+- ``send_confirmation`` drafts the e-mail with a mock chat model
+  (:class:`~stageflow_otel.helpers.MockChatModel`: a ``chat mock-writer`` GenAI span when the
+  helpers are recorded, as the command line does) and keeps a preview with the customer's
+  address redacted by :class:`~stageflow_otel.helpers.PIIDetector`.
 - ``customs_declaration`` is conditional: it is skipped for domestic orders, because
   ``route_fulfilment`` says so with a ``skip_reason``.
 
@@ -39,7 +43,7 @@ Most stages sleep a few milliseconds, standing in for the I/O a real one would d
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -55,6 +59,7 @@ from stageflow_otel.core import (
     TransientError,
 )
 from stageflow_otel.distributed import RemoteExecutor, remote_stage
+from stageflow_otel.helpers import MockChatModel, PIIDetector
 from stageflow_otel.tools import ToolExecutor, ToolInput, ToolOutput, ToolRegistry, UndoMetadata
 
 __all__ = (
@@ -248,12 +253,41 @@ async def charge_payment(ctx: StageContext) -> StageOutput:
     )
 
 
+def _confirmation_reply(messages: Sequence[Mapping[str, Any]]) -> str:
+    """What the demo's writer model answers: the order, and the address it went to."""
+    facts = str(messages[-1].get("content", ""))
+    return f"Thank you for your order. {facts} We will e-mail you when it ships."
+
+
+# A deterministic chat model standing in for the one that drafts the e-mail: its calls are
+# GenAI client spans (``chat mock-writer``) where the application records the helpers.
+_WRITER = MockChatModel("mock-writer", replies=_confirmation_reply, latency=0.004)
+_PII = PIIDetector()
+
+
 async def send_confirmation(ctx: StageContext) -> dict[str, Any]:
-    """E-mail the confirmation once stock is reserved and payment captured."""
-    await anyio.sleep(0.006)
+    """Draft the confirmation with a chat model and e-mail it; the output keeps no address."""
     reservation = ctx.inputs.require_from("reserve_stock", "reservation_id")
     capture = ctx.inputs.require_from("charge_payment", "capture_id")
-    return {"message_id": f"msg-{reservation[-6:]}-{capture[-6:]}", "channel": "email"}
+    customer = ctx.data.get("customer_id", "cust-42")
+    draft = await _WRITER.chat(
+        [
+            {"role": "system", "content": "Write a short, friendly order confirmation."},
+            {
+                "role": "user",
+                "content": f"Reservation {reservation}, payment {capture}, sent to "
+                f"{customer}@example.com.",
+            },
+        ],
+        ctx=ctx,
+        max_tokens=60,
+    )
+    await anyio.sleep(0.002)  # the e-mail provider
+    return {
+        "message_id": f"msg-{reservation[-6:]}-{capture[-6:]}",
+        "channel": "email",
+        "preview": _PII.redact(draft.text),
+    }
 
 
 # -- the payment subpipeline ------------------------------------------------------------------

@@ -66,6 +66,9 @@ async def test_the_example_runs_on_every_backend(telemetry: InMemoryTelemetry) -
     assert results["customs_declaration"].status.value == "skip"
     assert results.data("reserve_stock")["units"] == 3
     assert results.data("charge_payment")["amount"] == results.data("price_order")["total"]
+    preview = results.data("send_confirmation")["preview"]
+    assert "[EMAIL]" in preview
+    assert "@example.com" not in preview
     tree = telemetry.tree()
     assert tree[:2] == ["pipeline.run order_fulfilment", "  stage.run load_order"]
     assert len(tree) == 21

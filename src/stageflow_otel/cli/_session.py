@@ -37,11 +37,12 @@ from stageflow_otel.core import (
     FanOutEventSink,
     PipelineCancelled,
     PipelineResults,
+    RunHook,
     RunIdentity,
     StageExecutionError,
     StageGraph,
 )
-from stageflow_otel.observability import MetricsServer, SpanEventSink, Telemetry
+from stageflow_otel.observability import HelperTelemetry, MetricsServer, SpanEventSink, Telemetry
 from stageflow_otel.observability.config import METRICS_PORT, Settings
 
 from ._errors import EXIT_FAILED, EXIT_OK, UsageError
@@ -174,6 +175,11 @@ class TelemetryStack:
             registry=self.registry,
             event_exporter=log_exporter,
             sink_options={"resource": self.resource} if log_exporter is not None else None,
+        )
+        # What the helpers report (GenAI spans of model calls, guardrail verdicts, ...).
+        self.hooks: tuple[RunHook, ...] = (
+            *self.telemetry.hooks,
+            HelperTelemetry(self.telemetry),
         )
         self.server: MetricsServer | None = None
 
@@ -316,7 +322,7 @@ class _Session:
                 results = await self.graph.run(
                     data,
                     identity=identity,
-                    hooks=self.stack.telemetry.hooks,
+                    hooks=self.stack.hooks,
                     event_sink=self.sink,
                     entry_point=True,
                 )
