@@ -11,7 +11,10 @@ import pytest
 TELEMETRY = ("opentelemetry", "prometheus_client", "structlog")
 
 
-@pytest.mark.parametrize("module", ["stageflow_otel.core", "stageflow_otel"])
+@pytest.mark.parametrize(
+    "module",
+    ["stageflow_otel.core", "stageflow_otel", "stageflow_otel.runs", "stageflow_otel.compression"],
+)
 def test_module_imports_no_telemetry_library(module: str) -> None:
     code = (
         "import importlib, json, sys\n"

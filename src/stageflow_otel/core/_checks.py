@@ -360,3 +360,17 @@ def check_run_arguments(
         )
     check_sink("event_sink", event_sink, where=where)
     check_hooks("hooks", hooks, where=where)
+
+
+def check_store(param: str, value: object, *, where: str = "") -> None:
+    """``value`` is a run store (has ``run_hook(graph)``) or ``None``.
+
+    Raises:
+        TypeError: Naming the parameter and the value given.
+    """
+    if value is None or callable(getattr(value, "run_hook", None)):
+        return
+    raise TypeError(
+        f"{where}{param} must be a run store (stageflow_otel.runs: SQLiteRunStore, "
+        f"PostgresRunStore or open_store(url)) or None, got {describe(value)}"
+    )
