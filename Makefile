@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo's runs go to the default run store, so `stageflow-otel runs` shows the history.
 demo: install
-	$(PY) -m stageflow_otel demo
+	$(PY) -m stageflow_otel demo --store --checkpoints
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -57,10 +57,12 @@ def _clean_env() -> dict[str, str]:
 
 
 def _make(clone: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # The demo records its runs under the user's data directory: keep that in the sandbox.
+    env = {**_clean_env(), "XDG_DATA_HOME": str(clone.parent / "data")}
     return subprocess.run(
         [_tool("make"), *args],
         cwd=clone,
-        env=_clean_env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=BUDGET_SECONDS,
@@ -99,6 +101,8 @@ def test_make_demo_works_on_a_fresh_clone(
     assert (clone / ".venv" / "bin" / "python").exists()
     assert "trace of run 3/3" in demo.stdout, _tail(demo)
     assert "stage.run send_confirmation" in demo.stdout, _tail(demo)
+    history = clone.parent / "data" / "stageflow-otel" / "runs.sqlite3"
+    assert f"history   stageflow-otel runs  recorded in {history}" in demo.stdout, _tail(demo)
 
 
 def test_document_tests_pass_on_a_clone_with_nothing_beside_it(

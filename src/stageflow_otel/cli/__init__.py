@@ -2,7 +2,9 @@
 
 ``stageflow-otel demo`` runs the example order pipeline with telemetry on an embedded default;
 ``run MODULE:PIPELINE`` does the same for a pipeline of yours; ``graph`` prints a pipeline's
-DAG as DOT or Mermaid; ``timeline`` turns a trace file into a self-contained HTML timeline.
+DAG as DOT or Mermaid; ``timeline`` turns a trace file into a self-contained HTML timeline;
+``runs`` lists recorded runs (``runs show RUN_ID`` one of them) and ``resume RUN_ID`` runs a
+failed one again from where it stopped.
 
 Exit codes: 0 success, 1 the pipeline failed (or is invalid), 2 usage error (bad argument,
 unknown module, busy ``/metrics`` port). Errors are one line on stderr; ``--verbose`` adds the
@@ -12,6 +14,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandFailed, UsageError
+from ._runs import add_run_commands, add_store_options, store_for_session
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -170,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--runs", type=_positive_int, default=3, metavar="N", help="how many runs (default: 3)"
     )
+    add_store_options(demo)
     demo.set_defaults(handler=_demo)
 
     run = commands.add_parser(
@@ -186,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--runs", type=_positive_int, default=1, metavar="N", help="how many runs (default: 1)"
     )
+    add_store_options(run)
     run.set_defaults(handler=_run)
 
     graph = commands.add_parser(
@@ -219,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--last", type=_positive_int, metavar="N", help="only the last N traces of the file"
     )
     timeline.set_defaults(handler=_timeline)
+    add_run_commands(
+        commands,
+        common,
+        session,
+        session_options=_options,
+        log_levels=_LOG_LEVELS,
+        console=_console,
+    )
     return parser
 
 
@@ -270,6 +284,8 @@ def _demo(args: argparse.Namespace) -> int:
     from ._session import configure_cli_logging, run_session
 
     options = _options(args, command="demo", service="stageflow-otel-demo")
+    store = store_for_session(args, source="stageflow_otel.demo:build_order_pipeline")
+    options = dataclasses.replace(options, store=store)
     configure_cli_logging(_LOG_LEVELS[args.log_level])
     graph = build_order_pipeline().build()
 
@@ -288,12 +304,23 @@ def _run(args: argparse.Namespace) -> int:
     data = load_data(args.data)
     options = _options(args, command="run", service="stageflow-otel")
     graph = as_graph(load_target(args.target))
+    options = dataclasses.replace(
+        options, store=store_for_session(args, source=_source(args.target))
+    )
     configure_cli_logging(_LOG_LEVELS[args.log_level])
 
     def inputs(index: int) -> tuple[dict[str, Any], RunIdentity]:
         return data, RunIdentity()
 
     return run_session(graph, inputs, options, _console())
+
+
+def _source(target: str) -> str:
+    """``target`` as ``resume`` can load it again from another directory."""
+    module, sep, attribute = target.partition(":")
+    if sep and module.endswith(".py"):
+        return f"{Path(module).resolve()}:{attribute}"
+    return target
 
 
 def _graph(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ from ._model import StoreWrite as StoreWrite
 from ._sql import SQLRunStore as SQLRunStore
 from ._sql import StoreError as StoreError
 from .resume import ResumeError as ResumeError
+from .resume import check_resumable as check_resumable
 from .resume import definition_changes as definition_changes
 from .resume import restored_outputs as restored_outputs
 from .resume import resume as resume
@@ -72,6 +73,7 @@ __all__ = (
     "StageRecord",
     "StoreError",
     "StoreWrite",
+    "check_resumable",
     "default_store_path",
     "definition_changes",
     "open_store",

@@ -114,7 +114,6 @@ class SQLRunStore(RecordingStore):
     """
 
     placeholder = "?"
-    location = ""
 
     def transaction(self) -> AbstractContextManager[Any]:
         """A context manager yielding a cursor-like object with ``execute``/``executemany``."""

@@ -100,6 +100,44 @@ def _still_running(record: RunRecord) -> bool:
     return True
 
 
+def check_resumable(record: RunRecord, graph: StageGraph) -> None:
+    """Raise :class:`ResumeError` unless ``graph`` can resume the recorded run.
+
+    Raises:
+        ResumeError: The run succeeded or is still running, was recorded without
+            checkpoints, is of another pipeline, or the pipeline's stages changed since.
+    """
+    run_id = record.run_id
+    if record.status == "ok":
+        raise ResumeError(f"run {run_id} succeeded; there is nothing to resume", run_id=run_id)
+    if record.status == "running" and _still_running(record):
+        raise ResumeError(
+            f"run {run_id} is still running (process {record.pid} on {record.host}); resume "
+            "it once it has ended",
+            run_id=run_id,
+        )
+    if not record.checkpoints:
+        raise ResumeError(
+            f"run {run_id} was recorded without checkpoints, so its stage outputs are not "
+            "kept; record runs with checkpoints=True (--checkpoints) to resume them",
+            run_id=run_id,
+        )
+    if record.pipeline != graph.name:
+        raise ResumeError(
+            f"run {run_id} is a run of pipeline {record.pipeline!r}, not {graph.name!r}",
+            run_id=run_id,
+        )
+    changes = definition_changes([s.definition for s in record.stages], definitions_of(graph))
+    if changes:
+        raise ResumeError(
+            f"pipeline {graph.name!r} changed since run {run_id}, so it cannot be resumed: "
+            + "; ".join(changes)
+            + ". Run it anew, or resume with the pipeline as it was",
+            run_id=run_id,
+            changes=changes,
+        )
+
+
 async def resume(
     run_id: str,
     pipeline: Pipeline | StageGraph,
@@ -143,35 +181,8 @@ async def resume(
             f"there is no run {run_id!r} in {store!r}; list the runs with `stageflow-otel runs`",
             run_id=run_id,
         )
+    check_resumable(record, graph)
     run_id = record.run_id
-    if record.status == "ok":
-        raise ResumeError(f"run {run_id} succeeded; there is nothing to resume", run_id=run_id)
-    if record.status == "running" and _still_running(record):
-        raise ResumeError(
-            f"run {run_id} is still running (process {record.pid} on {record.host}); resume "
-            "it once it has ended",
-            run_id=run_id,
-        )
-    if not record.checkpoints:
-        raise ResumeError(
-            f"run {run_id} was recorded without checkpoints, so its stage outputs are not "
-            "kept; record runs with checkpoints=True (--checkpoints) to resume them",
-            run_id=run_id,
-        )
-    if record.pipeline != graph.name:
-        raise ResumeError(
-            f"run {run_id} is a run of pipeline {record.pipeline!r}, not {graph.name!r}",
-            run_id=run_id,
-        )
-    changes = definition_changes([s.definition for s in record.stages], definitions_of(graph))
-    if changes:
-        raise ResumeError(
-            f"pipeline {graph.name!r} changed since run {run_id}, so it cannot be resumed: "
-            + "; ".join(changes)
-            + ". Run it anew, or resume with the pipeline as it was",
-            run_id=run_id,
-            changes=changes,
-        )
     outputs = await anyio.to_thread.run_sync(restored_outputs, store, record)
     identity = RunIdentity(**dict(record.identity))
     return await graph.run(

@@ -104,6 +104,7 @@ class RecordingStore:
     """
 
     kind = "store"
+    location = ""
 
     def __init__(
         self,
@@ -157,6 +158,19 @@ class RecordingStore:
         """Release the store's connections (after the last write)."""
 
     # -- recording -------------------------------------------------------------------------
+
+    @property
+    def listener(self) -> RunStoreListener | None:
+        """Told of every write; set it before the first run is recorded."""
+        return self._listener
+
+    @listener.setter
+    def listener(self, value: RunStoreListener | None) -> None:
+        if self._sink is not None:
+            raise RuntimeError(
+                "the store's writer has started; pass the listener when making the store"
+            )
+        self._listener = value
 
     def run_hook(self, graph: StageGraph) -> RunHook:
         """The hook that records runs of ``graph`` here (the engine asks for it)."""
