@@ -236,7 +236,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         demo = started.enter_context(
             _start_cli(
                 "demo",
-                ["demo", "--runs", "3", "--otlp-endpoint", otlp],
+                # Recorded in a run store, so the dashboards' store panels have data.
+                [
+                    "demo",
+                    "--runs",
+                    "3",
+                    "--otlp-endpoint",
+                    otlp,
+                    "--store",
+                    str(root / "runs.sqlite3"),
+                    "--checkpoints",
+                ],
                 port=demo_port,
                 service=f"stageflow-e2e-demo-{suffix}",
                 directory=root / "demo",
