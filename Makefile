@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DOCS_DIR ?= site
 
-.PHONY: install demo test lint typecheck docs pytest components dashboards bench bench-engine bench-peers clean
+.PHONY: install demo test lint typecheck docs pytest components dashboards bench bench-engine bench-peers bench-runs clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench-engine: install
 
 bench-peers: install
 	$(PY) benchmarks/peers.py
+
+# What recording runs (history, checkpoints) costs per stage; the demo's checkpoint sizes.
+bench-runs: install
+	$(PY) benchmarks/runs.py
 
 clean:
 	rm -rf $(VENV) $(DOCS_DIR) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -44,6 +44,7 @@ JSONValue: TypeAlias = Any
 """A JSON-compatible value: dict (string keys), list, str, int, float, bool or None."""
 
 _NOOP: list[Any] = []
+_MEASURE_FROM = 8  # entries: below this, a patch and a replacement are compared outright
 
 
 class DeltaError(ValueError):
@@ -198,7 +199,7 @@ def _diff(old: JSONValue, new: JSONValue) -> JSONValue:
             else:
                 changed[key] = ["=", value]
         deleted = [key for key in old if key not in new]
-        return _cheaper(["{", changed, deleted], new)
+        return _cheaper(["{", changed, deleted], new, len(changed) + len(deleted), len(new))
     if kind is list and type(old) is list:
         if len(old) == len(new):
             items = [
@@ -206,7 +207,7 @@ def _diff(old: JSONValue, new: JSONValue) -> JSONValue:
                 for i, (a, b) in enumerate(zip(old, new, strict=True))
                 if (op := _diff(a, b))
             ]
-            return _cheaper(["[", items], new)
+            return _cheaper(["[", items], new, len(items), len(new))
         start = 0
         limit = min(len(old), len(new))
         while start < limit and _same(old[start], new[start]):
@@ -214,12 +215,21 @@ def _diff(old: JSONValue, new: JSONValue) -> JSONValue:
         end = 0
         while end < limit - start and _same(old[-1 - end], new[-1 - end]):
             end += 1
-        return _cheaper(["+", start, end, new[start : len(new) - end]], new)
+        middle = new[start : len(new) - end]
+        removed = len(old) - start - end
+        return _cheaper(["+", start, end, middle], new, len(middle) + removed, len(new))
     return ["=", new]
 
 
-def _cheaper(patch: list[Any], new: JSONValue) -> list[Any]:
-    """The patch, or a plain replacement when that is no bigger."""
+def _cheaper(patch: list[Any], new: JSONValue, touched: int, count: int) -> list[Any]:
+    """The patch, or a plain replacement when that is no bigger.
+
+    Sizes are compared for small values, and for others when the patch touches at least half
+    of ``new``'s ``count`` entries: a patch that leaves most entries alone is smaller than the value, and measuring
+    at every level of a deep value would cost a serialisation per level.
+    """
+    if count >= _MEASURE_FROM and touched * 2 < count:
+        return patch
     replace = ["=", new]
     return replace if size_of(replace) <= size_of(patch) else patch
 

@@ -23,6 +23,7 @@ import anyio
 import pytest
 
 from stageflow_otel import Pipeline, PipelineResults, RunHook, RunIdentity, StageContext
+from stageflow_otel.compression import size_of
 from stageflow_otel.core import StageExecutionError
 from stageflow_otel.runs import (
     RecordingStore,
@@ -165,9 +166,11 @@ async def test_checkpoints_are_deltas_that_restore_the_outputs(
         store.close()
     assert run.input == {"order": {"id": 7}}
     assert [c.seq for c in checkpoints] == [1, 2, 3, 4, 5]
-    assert checkpoints[0].base_seq is None  # the first in full
-    assert [c.base_seq for c in checkpoints[1:]] == [1, 2, 3, 4]
-    assert all(c.size < c.full_size / 2 for c in checkpoints[1:])
+    # Each checkpoint is the delta from the run's previous snapshot, {stage: output} so far.
+    assert [c.base_seq for c in checkpoints] == [None, 1, 2, 3, 4]
+    snapshot = {name: dict(results.data(name)) for name in [c.stage for c in checkpoints]}
+    assert checkpoints[-1].full_size == size_of(snapshot)
+    assert [round(c.full_size / c.size) for c in checkpoints] == [1, 2, 3, 4, 5]
     assert {name: dict(output.data) for name, output in outputs.items()} == {
         name: dict(results.data(name)) for name in results
     }

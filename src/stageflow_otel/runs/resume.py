@@ -61,28 +61,30 @@ def definition_changes(
 
 
 def restored_outputs(store: RecordingStore, record: RunRecord) -> dict[str, StageOutput]:
-    """The outputs of a run's completed stages, rebuilt from its checkpoints (in order).
+    """The outputs of a run's completed stages, rebuilt from its checkpoints.
 
-    A checkpoint whose delta cannot be applied (its base was never written) is left out: that
-    stage runs again.
+    The run's snapshot (``{stage: output}``) is rebuilt by applying its checkpoints' deltas in
+    order. A checkpoint whose base is not the snapshot rebuilt so far (a write that failed in
+    between) ends the rebuild: the stages after it run again.
     """
     done = {s.name for s in record.stages if s.status in ("ok", "skip")}
-    snapshots: dict[int, Any] = {}
-    outputs: dict[str, StageOutput] = {}
+    snapshot: Any = {}
+    rebuilt: int | None = None
+    statuses: dict[str, str] = {}
     for checkpoint in store.read_checkpoints(record.run_id):
-        base_seq = checkpoint.base_seq
-        if base_seq is not None and base_seq not in snapshots:
-            continue
+        if checkpoint.base_seq != rebuilt:
+            break
         try:
-            value = apply(
-                json.loads(checkpoint.delta),
-                snapshots[base_seq] if base_seq is not None else None,
-            )
+            snapshot = apply(json.loads(checkpoint.delta), snapshot)
         except (DeltaError, ValueError):
-            continue
-        snapshots[checkpoint.seq] = value
-        if checkpoint.stage in done and isinstance(value, dict):
-            outputs[checkpoint.stage] = StageOutput(StageStatus(checkpoint.status), value)
+            break
+        rebuilt = checkpoint.seq
+        statuses[checkpoint.stage] = checkpoint.status
+    outputs: dict[str, StageOutput] = {}
+    for stage, status in statuses.items():
+        data = snapshot.get(stage) if isinstance(snapshot, dict) else None
+        if stage in done and isinstance(data, dict):
+            outputs[stage] = StageOutput(StageStatus(status), data)
     return outputs
 
 

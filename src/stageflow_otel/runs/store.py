@@ -16,7 +16,6 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
-from stageflow_otel.compression import DeltaError, encode
 from stageflow_otel.core import BackpressureAwareEventSink, BackpressureStatistics, SinkListener
 from stageflow_otel.core.events import Event
 
@@ -31,9 +30,6 @@ logger = logging.getLogger("stageflow_otel.runs")
 
 Redactor = Callable[[str, Any], Any]
 """``redact(key, value) -> value`` runs on each top-level key of a stored input or output."""
-
-KEYFRAME_EVERY = 32
-"""A run's checkpoints are written in full this often, so reading one applies few deltas."""
 
 
 @runtime_checkable
@@ -247,15 +243,19 @@ class RecordingStore:
 class _Writer:
     """The batch exporter of a store's queue: encodes checkpoints, writes batches.
 
-    Runs on the writer thread only. The previous checkpoint of each run moves on only once a
-    batch is committed, so a batch that failed for good leaves no delta pointing at it.
+    A run's snapshot after its k-th checkpoint is its context so far, ``{stage: output}`` of
+    every checkpointed stage; checkpoint k is the delta from snapshot k-1 to snapshot k. A stage
+    only adds its own key, so the delta is that key's entry, and writing a checkpoint costs what
+    its output costs, not what the whole context does. Runs on the writer thread only; a run's
+    previous checkpoint moves on only once a batch is committed, so a batch that failed for
+    good leaves no delta pointing at it.
     """
 
     def __init__(self, store: RecordingStore, listener: RunStoreListener | None) -> None:
         self._store = store
         self._listener = listener
-        # run id -> (seq, snapshot, checkpoints since the last one written in full)
-        self._previous: dict[str, tuple[int, Any, int]] = {}
+        # run id -> (seq of its last checkpoint written, bytes of its snapshot in full)
+        self._previous: dict[str, tuple[int, int]] = {}
         self._warned: set[str] = set()
 
     def export(self, batch: Sequence[Event], /) -> bool:
@@ -292,16 +292,20 @@ class _Writer:
         return True
 
     def _encode(
-        self, record: StageEnded, data: Any, previous: dict[str, tuple[int, Any, int]]
+        self, record: StageEnded, data: Any, previous: dict[str, tuple[int, int]]
     ) -> CheckpointRecord | None:
         placeholder = record.checkpoint
         assert placeholder is not None
         try:
-            value = json.loads(json.dumps(self._store.redacted(data or {}), allow_nan=False))
+            text = json.dumps(
+                self._store.redacted(data or {}),
+                separators=(",", ":"),
+                ensure_ascii=False,
+                allow_nan=False,
+            )
         except (TypeError, ValueError) as exc:
-            key = record.stage
-            if key not in self._warned:
-                self._warned.add(key)
+            if record.stage not in self._warned:
+                self._warned.add(record.stage)
                 logger.warning(
                     "run store: the output of stage %r is not JSON-compatible (%s); it is not "
                     "checkpointed, and a resumed run runs the stage again",
@@ -309,28 +313,24 @@ class _Writer:
                     exc,
                 )
             return None
-        base = previous.get(record.run_id)
-        if base is None or base[2] + 1 >= KEYFRAME_EVERY:
-            try:
-                delta = encode(None, value)
-            except DeltaError:  # pragma: no cover - json.loads made it JSON-compatible
-                return None
-            base_seq = None
-            since_full = 0
-        else:
-            delta = encode(base[1], value)
-            base_seq = base[0]
-            since_full = base[2] + 1
-        previous[record.run_id] = (placeholder.seq, value, since_full)
+        base_seq, snapshot_size = previous.get(record.run_id, (None, len("{}")))
+        key = json.dumps(record.stage, ensure_ascii=False)
+        # What compression.encode(snapshot, snapshot | {stage: output}) makes, written straight
+        # from the output's JSON: the snapshot gains one key, nothing else changes.
+        delta = f'["{{",{{{key}:["=",{text}]}},[]]'
+        # The snapshot in full gains `"stage":output` (and a comma after the first entry).
+        full_size = snapshot_size + len(key.encode()) + 1 + len(text.encode())
+        full_size += base_seq is not None
+        previous[record.run_id] = (placeholder.seq, full_size)
         return CheckpointRecord(
             record.run_id,
             placeholder.seq,
             record.stage,
             placeholder.status,
             base_seq,
-            json.dumps(delta.ops, separators=(",", ":"), ensure_ascii=False),
-            delta.size,
-            delta.full_size,
+            delta,
+            len(delta.encode()),
+            full_size,
         )
 
     def shutdown(self) -> None:
