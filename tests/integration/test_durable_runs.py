@@ -474,3 +474,34 @@ async def test_a_run_killed_mid_way_resumes_without_rerunning_what_completed(
         "pay": 2,
         "ship": 1,
     }
+
+
+async def test_a_postgres_store_reconnects_after_the_server_drops_it(
+    postgres_server: PostgresServer, counts_file: str
+) -> None:
+    import psycopg
+
+    store = opened(postgres_server.url)
+    graph = durable_pipeline.build().build(store=store)
+    try:
+        first = await graph.run({})
+        store.flush()
+        with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'"
+            ).fetchone()
+        assert ended is not None
+        assert ended[0] >= 1
+        second = await graph.run({})
+        store.flush()
+        statistics = store.statistics()
+        recorded = {run.run_id: run.status for run in store.list_runs(limit=200)}
+    finally:
+        store.close()
+    assert statistics is not None
+    assert statistics.export_failed == 0
+    assert statistics.export_retries >= 1  # the write on the dropped connection
+    assert recorded[first.run_id] == "ok"
+    assert recorded[second.run_id] == "ok"

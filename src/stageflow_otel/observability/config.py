@@ -212,7 +212,7 @@ class Settings:
         Raises:
             ValueError: A variable does not parse or is out of range; the message names it.
         """
-        raw_events = os.environ.get(EVENTS, "").strip()
+        raw_events = os.environ.get(EVENTS, "")  # an error message quotes it as it was set
         return cls(
             metrics_addr=os.environ.get(METRICS_ADDR, "").strip() or "127.0.0.1",
             metrics_port=_env_int(METRICS_PORT, 9464, 0, 65535),
@@ -221,7 +221,7 @@ class Settings:
             canonical_logs=env_flag(CANONICAL_LOGS, True),
             serve_metrics=env_flag(SERVE_METRICS, False),
             events=EventSelection.parse(raw_events, name=EVENTS)
-            if raw_events
+            if raw_events.strip()
             else EventSelection(),
             exit_timeout=_env_seconds(EXIT_TIMEOUT, 5.0),
             metrics_port_explicit=bool(os.environ.get(METRICS_PORT, "").strip()),

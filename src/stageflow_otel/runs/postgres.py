@@ -76,10 +76,15 @@ class PostgresRunStore(SQLRunStore):
         psycopg = _import_psycopg()
         self.location = re.sub(r"://([^:@/]*):[^@/]*@", r"://\1:***@", conninfo)
         self._connection_lock = threading.Lock()
-        try:
-            self._connection = psycopg.connect(
+
+        def connect() -> Any:
+            return psycopg.connect(
                 conninfo, autocommit=True, connect_timeout=max(1, int(connect_timeout))
             )
+
+        self._connect = connect
+        try:
+            self._connection = connect()
             with self.transaction() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 for statement in SCHEMA:
@@ -90,19 +95,25 @@ class PostgresRunStore(SQLRunStore):
                 "check that the server runs and the connection string"
             ) from None
 
+    def _connected(self) -> Any:
+        """The connection; a new one when the server dropped it (a restart, a failover)."""
+        connection = self._connection
+        if connection.broken:
+            connection.close()
+            connection = self._connection = self._connect()
+        return connection
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
         """A cursor in a transaction, committed when the block ends normally."""
-        with (
-            self._connection_lock,
-            self._connection.transaction(),
-            self._connection.cursor() as cursor,
-        ):
-            yield cursor
+        with self._connection_lock:
+            connection = self._connected()
+            with connection.transaction(), connection.cursor() as cursor:
+                yield cursor
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """The rows of a read-only query."""
-        with self._connection_lock, self._connection.cursor() as cursor:
+        with self._connection_lock, self._connected().cursor() as cursor:
             cursor.execute(sql, tuple(params))
             return list(cursor.fetchall())
 
