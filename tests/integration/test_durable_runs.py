@@ -505,3 +505,29 @@ async def test_a_postgres_store_reconnects_after_the_server_drops_it(
     assert statistics.export_retries >= 1  # the write on the dropped connection
     assert recorded[first.run_id] == "ok"
     assert recorded[second.run_id] == "ok"
+
+
+async def test_the_environment_records_runs_given_no_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, counts_file: str
+) -> None:
+    from stageflow_otel.runs import store_from_environment
+
+    url = f"sqlite://{tmp_path / 'env.sqlite3'}"
+    monkeypatch.setenv("STAGEFLOW_OTEL_STORE", url)
+    monkeypatch.setenv("STAGEFLOW_OTEL_STORE_CHECKPOINTS", "on")
+    results = await durable_pipeline.build().run({"order": {"id": 1}})
+    store = store_from_environment()
+    assert store is not None
+    assert store is store_from_environment()  # one store per URL per process
+    store.flush()
+    run = store.get_run(results.run_id)
+    assert run is not None
+    assert run.checkpoints
+    assert run.input == {"order": {"id": 1}}
+    monkeypatch.setenv("STAGEFLOW_OTEL_STORE_CHECKPOINTS", "maybe")
+    with pytest.raises(ValueError, match="STAGEFLOW_OTEL_STORE_CHECKPOINTS='maybe' is not a"):
+        store_from_environment()
+    monkeypatch.setenv("STAGEFLOW_OTEL_STORE", "mysql://db")
+    monkeypatch.delenv("STAGEFLOW_OTEL_STORE_CHECKPOINTS")
+    with pytest.raises(ValueError, match=r"\$STAGEFLOW_OTEL_STORE: unknown kind of store 'mysql'"):
+        store_from_environment()

@@ -64,9 +64,13 @@ def _open(url: str, **options: Any) -> RecordingStore:
 
 
 def _checkpoints_from_environment() -> bool:
+    from stageflow_otel.core._checks import env_flag
     from stageflow_otel.runs import CHECKPOINTS_VARIABLE
 
-    return os.environ.get(CHECKPOINTS_VARIABLE, "").strip().lower() in ("1", "true", "yes")
+    try:
+        return env_flag(CHECKPOINTS_VARIABLE, False)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def store_for_session(args: argparse.Namespace, *, source: str | None) -> RecordingStore | None:

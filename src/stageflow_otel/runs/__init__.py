@@ -29,6 +29,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from stageflow_otel.core._checks import env_flag
+
 from ._model import CheckpointRecord as CheckpointRecord
 from ._model import RunEnded as RunEnded
 from ._model import RunRecord as RunRecord
@@ -141,12 +143,13 @@ def store_from_environment(url: str | None = None) -> RecordingStore | None:
 
     Raises:
         StoreError: The variable names a store that cannot be opened.
-        ValueError: The variable names an unknown kind of store.
+        ValueError: The variable names an unknown kind of store, or
+            ``$STAGEFLOW_OTEL_STORE_CHECKPOINTS`` is not a boolean.
     """
     url = url if url is not None else os.environ.get(STORE_VARIABLE)
     if not url:
         return None
-    checkpoints = os.environ.get(CHECKPOINTS_VARIABLE, "").strip().lower() in ("1", "true", "yes")
+    checkpoints = env_flag(CHECKPOINTS_VARIABLE, False)
     key = (url, checkpoints)
     with _environment_lock:
         store = _environment_stores.get(key)
