@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DOCS_DIR ?= site
 
-.PHONY: install demo test lint typecheck docs pytest components dashboards bench bench-engine bench-peers bench-remote clean
+.PHONY: install demo test lint typecheck docs pytest components dashboards bench bench-engine bench-peers bench-remote bench-runs clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo's runs go to the default run store, so `stageflow-otel runs` shows the history.
 demo: install
-	$(PY) -m stageflow_otel demo
+	$(PY) -m stageflow_otel demo --store --checkpoints
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -59,6 +60,9 @@ bench-peers: install
 # Remote stages on a local Dask cluster of 2 worker processes: overhead and speed-up.
 bench-remote: install
 	$(PY) benchmarks/remote.py
+# What recording runs (history, checkpoints) costs per stage; the demo's checkpoint sizes.
+bench-runs: install
+	$(PY) benchmarks/runs.py
 
 clean:
 	rm -rf $(VENV) $(DOCS_DIR) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the integration tests use, only when missing:
-#   prometheus (prometheus + promtool), redis-server, chromium, graphviz (dot).
+#   prometheus (prometheus + promtool), redis-server, chromium, graphviz (dot),
+#   postgresql (initdb + postgres under /usr/lib/postgresql/<version>/bin, off PATH).
 # Idempotent: when every command is present it returns at once without apt.
 # Needs root (or sudo) on Debian 12; the packaged services are not used (tests
 # start their own instances on 127.0.0.1 with their own configuration).
@@ -24,6 +25,12 @@ for cmd in prometheus promtool redis-server chromium dot; do
     [[ " ${missing[*]-} " == *" $pkg "* ]] || missing+=("$pkg")
   fi
 done
+
+# Debian keeps the PostgreSQL server binaries off PATH, one directory per major version.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
+  ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
+  missing+=(postgresql)
+fi
 
 if [[ ${#missing[@]} -eq 0 ]]; then
   exit 0

@@ -871,11 +871,55 @@ def sinks() -> Json:
         12,
         8,
     )
+    store_writes = "stageflow_store_writes_total"
+    lay.row("Run store")
+    lay.add(
+        timeseries(
+            "Run store records / s by result",
+            "Records the run store's writer handled per second (runs, stages, checkpoints), by"
+            " result: written, failed (after the retries), dropped_queue_full, dropped_shutdown."
+            " A failing store never fails a run.",
+            "ops",
+            [
+                Target(
+                    f"sum by (store, result) ({rate(sel(store_writes, JOB))})",
+                    "{{store}} {{result}}",
+                )
+            ],
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Run store write latency p50 / p95 / p99",
+            "Duration of one batch write (one transaction, retries included), per store.",
+            "s",
+            quantile_targets("stageflow_store_write_duration_seconds", "store", (JOB,)),
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Run store bytes / s",
+            "Bytes of the values the run store wrote per second (checkpoints are deltas).",
+            "Bps",
+            [
+                Target(
+                    f"sum by (store) ({rate(sel('stageflow_store_bytes_total', JOB))})",
+                    "{{store}}",
+                )
+            ],
+        ),
+        8,
+        8,
+    )
     return dashboard(
         "stageflow-sinks",
         "stageflow-otel / Event sinks & backpressure",
         "Event-sink queues against capacity, events by result including drops,"
-        " export latency and failures.",
+        " export latency and failures; the run store's writes.",
         [JOB_VAR, SINK_VAR],
         lay,
         ("StageflowEventSinkDropping",),

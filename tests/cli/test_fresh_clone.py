@@ -57,15 +57,22 @@ def _clean_env() -> dict[str, str]:
 
 
 def _make(clone: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # The demo records its runs under the user's data directory: keep that in the sandbox.
+    env = {**_clean_env(), "XDG_DATA_HOME": str(_data_home(clone))}
     return subprocess.run(
         [_tool("make"), *args],
         cwd=clone,
-        env=_clean_env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=BUDGET_SECONDS,
         check=False,
     )
+
+
+def _data_home(clone: Path) -> Path:
+    """The clone's data directory: outside the clone's own directory, so nothing is beside it."""
+    return clone.parent.with_name(f"{clone.parent.name}-data")
 
 
 def _tail(result: subprocess.CompletedProcess[str]) -> str:
@@ -84,6 +91,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     )
     yield target
     shutil.rmtree(alone, ignore_errors=True)
+    shutil.rmtree(_data_home(target), ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +107,8 @@ def test_make_demo_works_on_a_fresh_clone(
     assert (clone / ".venv" / "bin" / "python").exists()
     assert "trace of run 3/3" in demo.stdout, _tail(demo)
     assert "stage.run send_confirmation" in demo.stdout, _tail(demo)
+    history = _data_home(clone) / "stageflow-otel" / "runs.sqlite3"
+    assert f"history   stageflow-otel runs  recorded in {history}" in demo.stdout, _tail(demo)
 
 
 def test_document_tests_pass_on_a_clone_with_nothing_beside_it(

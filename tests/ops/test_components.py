@@ -20,6 +20,7 @@ from tests.support.servers import (
     CollectorServer,
     JaegerServer,
     get_json,
+    start_postgres,
     start_prometheus,
     start_redis,
     wait_until,
@@ -99,3 +100,11 @@ def test_redis_server_starts_on_loopback(tmp_path: Path) -> None:
         assert redis.url == f"redis://127.0.0.1:{redis.port}/0"
         pid = redis.managed.pid
     assert redis.managed.process.poll() is not None, f"redis-server {pid} still running"
+
+
+def test_postgres_starts_on_loopback_and_stops(tmp_path: Path) -> None:
+    with start_postgres(tmp_path / "postgres") as postgres:
+        assert postgres.accepts_connections()
+        assert postgres.url == f"postgresql://stageflow@127.0.0.1:{postgres.port}/postgres"
+        pid = postgres.managed.pid
+    assert postgres.managed.process.poll() is not None, f"postgres {pid} still running"

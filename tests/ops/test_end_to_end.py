@@ -266,7 +266,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         demo = started.enter_context(
             _start_cli(
                 "demo",
-                ["demo", "--runs", "3", "--otlp-endpoint", otlp, "--dask", scheduler.address],
+                # On a Dask worker (a trace across processes) and recorded in a run store,
+                # so the dashboards' remote-stage and store panels have data.
+                [
+                    "demo",
+                    "--runs",
+                    "3",
+                    "--otlp-endpoint",
+                    otlp,
+                    "--dask",
+                    scheduler.address,
+                    "--store",
+                    str(root / "runs.sqlite3"),
+                    "--checkpoints",
+                ],
                 port=demo_port,
                 service=f"stageflow-e2e-demo-{suffix}",
                 directory=root / "demo",

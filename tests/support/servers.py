@@ -12,7 +12,8 @@ They compose into pytest fixtures::
 
 Binaries: ``jaeger`` and ``otelcol`` come from the build cache that
 ``scripts/build-components.sh`` fills (``$STAGEFLOW_OTEL_CACHE/bin``, default
-``~/.cache/stageflow-otel/bin``); ``prometheus``, ``promtool`` and ``redis-server`` from ``PATH``
+``~/.cache/stageflow-otel/bin``); ``prometheus``, ``promtool`` and ``redis-server`` from ``PATH``,
+``postgres`` and ``initdb`` from ``/usr/lib/postgresql/<version>/bin``
 (``scripts/ensure-system-deps.sh``). :func:`require_binary` skips a test when one is
 missing on a developer machine and fails it under CI (``CI=true``).
 """
@@ -23,6 +24,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -50,6 +52,7 @@ _INSTALL_HINTS = {
     "prometheus": "run scripts/ensure-system-deps.sh (Debian package prometheus)",
     "promtool": "run scripts/ensure-system-deps.sh (Debian package prometheus)",
     "redis-server": "run scripts/ensure-system-deps.sh (Debian package redis-server)",
+    "postgres": "run scripts/ensure-system-deps.sh (Debian package postgresql)",
 }
 _CACHED_COMPONENTS = frozenset({"jaeger", "otelcol"})
 
@@ -81,6 +84,14 @@ def find_binary(name: str) -> Path | None:
     if name in _CACHED_COMPONENTS:
         candidate = cache_dir() / "bin" / name
         return candidate if os.access(candidate, os.X_OK) else None
+    if name in ("postgres", "initdb"):
+        # Debian keeps the server's binaries off PATH, one directory per major version.
+        versions = sorted(
+            Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+            key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+        )
+        if versions and os.access(versions[-1], os.X_OK):
+            return versions[-1]
     found = shutil.which(name)
     return Path(found) if found else None
 
@@ -209,8 +220,12 @@ def run_process(
     log_path: Path,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    user: str | None = None,
 ) -> Iterator[ManagedProcess]:
-    """Run ``argv`` with output to ``log_path``; terminate (then kill) that PID on exit."""
+    """Run ``argv`` with output to ``log_path``; terminate (then kill) that PID on exit.
+
+    ``user``: run it as that user (only root may ask).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **(env or {})}
     with log_path.open("wb") as log:
@@ -221,6 +236,7 @@ def run_process(
             stderr=subprocess.STDOUT,
             env=full_env,
             cwd=cwd,
+            user=user,
         )
     managed = ManagedProcess(name=name, process=process, log_path=log_path)
     try:
@@ -715,3 +731,78 @@ def start_dask_worker(
     ) as managed:
         _wait_ready(managed, lambda: "Registered to:" in managed.log_text(), "registration")
         yield DaskWorker(name=name, managed=managed)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    """A throw-away PostgreSQL on 127.0.0.1: trust authentication, no fsync."""
+
+    host: str
+    port: int
+    user: str
+    managed: ManagedProcess
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/postgres"
+
+    def accepts_connections(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url, connect_timeout=1):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+
+@contextlib.contextmanager
+def start_postgres(directory: Path) -> Iterator[PostgresServer]:
+    """PostgreSQL (Debian package postgresql) in ``directory`` on a free loopback port.
+
+    As root, the server runs as the ``postgres`` user the package creates (PostgreSQL refuses
+    to run as root); otherwise as the current user.
+    """
+    postgres = require_binary("postgres")
+    initdb = postgres.with_name("initdb")
+    directory.mkdir(parents=True, exist_ok=True)
+    user: str | None = None
+    home = directory
+    if os.geteuid() == 0:
+        import pwd
+        import tempfile
+
+        user = "postgres"
+        entry = pwd.getpwnam(user)
+        # The caller's directory may sit under directories only root can enter.
+        home = Path(tempfile.mkdtemp(prefix="stageflow-postgres-"))
+        os.chown(home, entry.pw_uid, entry.pw_gid)
+    data = home / "data"
+    done = subprocess.run(
+        [str(initdb), "-D", str(data), "-U", "stageflow", "--auth=trust", "-E", "UTF8",
+         "--no-sync", "--no-instructions"],
+        capture_output=True, text=True, user=user, cwd=home, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"initdb failed ({done.returncode}): {done.stderr.strip()}")
+    port = free_port()
+    argv = [str(postgres), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
+            "-k", str(home), "-c", "fsync=off", "-c", "full_page_writes=off"]  # fmt: skip
+    with run_process(
+        "postgres", argv, log_path=directory / "postgres.log", user=user, cwd=home
+    ) as managed:
+        server = PostgresServer(host="127.0.0.1", port=port, user="stageflow", managed=managed)
+        try:
+            _wait_ready(managed, server.accepts_connections, "a connection")
+            yield server
+        finally:
+            # Fast shutdown: SIGTERM would wait for every client to disconnect.
+            if managed.process.poll() is None:
+                managed.process.send_signal(signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    managed.process.wait(timeout=STOP_TIMEOUT)
+            if home != directory:
+                shutil.rmtree(home, ignore_errors=True)

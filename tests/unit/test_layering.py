@@ -21,6 +21,8 @@ TELEMETRY = ("opentelemetry", "prometheus_client", "structlog")
         "stageflow_otel.pipeline_files",
         "stageflow_otel.plugins",
         "stageflow_otel.distributed",
+        "stageflow_otel.runs",
+        "stageflow_otel.compression",
     ],
 )
 def test_module_imports_no_telemetry_library(module: str) -> None:

@@ -4,7 +4,8 @@
 ``run MODULE:PIPELINE`` (or ``run FILE``, a pipeline file) does the same for a pipeline of
 yours; ``graph`` prints a pipeline's DAG as DOT or Mermaid; ``timeline`` turns a trace file
 into a self-contained HTML timeline; ``validate`` checks pipeline files; ``plugins`` lists the
-installed plugins.
+installed plugins; ``runs`` lists recorded runs (``runs show RUN_ID`` one of them) and
+``resume RUN_ID`` runs a failed one again from where it stopped.
 
 Exit codes: 0 success, 1 the pipeline failed (or is invalid), 2 usage error (bad argument,
 unknown module, busy ``/metrics`` port, a pipeline file with problems). Errors are one line on
@@ -14,6 +15,7 @@ stderr (a pipeline file's problems first, one a line); ``--verbose`` adds the tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import _files
 from ._errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandFailed, UsageError
+from ._runs import add_run_commands, add_store_options, store_for_session
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -180,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tcp://127.0.0.1:8786 (needs the dask extra; registers the stageflow-otel worker "
         "plugin, which exports the workers' spans as their OTEL_* variables say)",
     )
+    add_store_options(demo)
     demo.set_defaults(handler=_demo)
 
     run = commands.add_parser(
@@ -202,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--runs", type=_positive_int, default=1, metavar="N", help="how many runs (default: 1)"
     )
+    add_store_options(run)
     run.set_defaults(handler=_run)
 
     graph = commands.add_parser(
@@ -237,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     timeline.set_defaults(handler=_timeline)
     _files.add_file_commands(commands, common)
+    add_run_commands(
+        commands,
+        common,
+        session,
+        session_options=_options,
+        log_levels=_LOG_LEVELS,
+        console=_console,
+    )
     return parser
 
 
@@ -288,6 +301,8 @@ def _demo(args: argparse.Namespace) -> int:
     from ._session import configure_cli_logging, run_session
 
     options = _options(args, command="demo", service="stageflow-otel-demo")
+    store = store_for_session(args, source="stageflow_otel.demo:build_order_pipeline")
+    options = dataclasses.replace(options, store=store)
     configure_cli_logging(_LOG_LEVELS[args.log_level])
 
     def inputs(index: int) -> tuple[dict[str, Any], RunIdentity]:
@@ -315,12 +330,25 @@ def _run(args: argparse.Namespace) -> int:
         graph = _files.load_file(args.target, args.overrides).build()
     else:
         graph = as_graph(load_target(args.target))
+    options = dataclasses.replace(
+        options, store=store_for_session(args, source=_source(args.target))
+    )
     configure_cli_logging(_LOG_LEVELS[args.log_level])
 
     def inputs(index: int) -> tuple[dict[str, Any], RunIdentity]:
         return data, RunIdentity()
 
     return run_session(graph, inputs, options, _console())
+
+
+def _source(target: str) -> str:
+    """``target`` as ``resume`` can load it again from another directory."""
+    if _files.is_pipeline_file(target):
+        return str(Path(target).resolve())
+    module, sep, attribute = target.partition(":")
+    if sep and module.endswith(".py"):
+        return f"{Path(module).resolve()}:{attribute}"
+    return target
 
 
 def _graph(args: argparse.Namespace) -> int:

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk._logs.export import LogRecordExporter
     from opentelemetry.sdk.trace.export import SpanExporter
 
+    from stageflow_otel.runs import RecordingStore
+
 __all__ = ("RunInput", "SessionOptions", "TelemetryStack", "run_session", "service_resource")
 
 TIMELINE_MAX_TRACES = 10
@@ -80,6 +82,8 @@ class SessionOptions:
         hold: Keep serving ``/metrics`` after the runs until SIGINT or SIGTERM.
         interval: While holding, run the pipeline again every this many seconds.
         live: Show the live board (``None``: when stdout is a terminal).
+        store: Record the runs in this run store (``--store``).
+        resume: Instead of new runs, resume this recorded run (``stageflow-otel resume``).
     """
 
     command: str
@@ -93,6 +97,8 @@ class SessionOptions:
     hold: bool = False
     interval: float | None = None
     live: bool | None = None
+    store: RecordingStore | None = None
+    resume: str | None = None
 
 
 def service_resource(default_service: str) -> Resource:
@@ -319,13 +325,27 @@ class _Session:
         results: Any
         with display:
             try:
-                results = await self.graph.run(
-                    data,
-                    identity=identity,
-                    hooks=self.stack.hooks,
-                    event_sink=self.sink,
-                    entry_point=True,
-                )
+                if self.options.resume is not None and index == 1:
+                    from stageflow_otel.runs import resume
+
+                    assert self.options.store is not None
+                    results = await resume(
+                        self.options.resume,
+                        self.graph,
+                        store=self.options.store,
+                        hooks=self.stack.hooks,
+                        event_sink=self.sink,
+                        entry_point=True,
+                    )
+                else:
+                    results = await self.graph.run(
+                        data,
+                        identity=identity,
+                        hooks=self.stack.hooks,
+                        event_sink=self.sink,
+                        entry_point=True,
+                        store=self.options.store,
+                    )
             except StageExecutionError as exc:
                 results, error = exc.results, str(exc)
             except PipelineCancelled as exc:
@@ -349,7 +369,9 @@ class _Session:
             retries=self.board.retries,
             tool_calls=self.board.tool_calls,
             subpipelines=self.board.subpipelines,
-            trace_id=self._trace_of(identity.pipeline_run_id),
+            trace_id=self._trace_of(
+                results.run_id if isinstance(results, PipelineResults) else identity.pipeline_run_id
+            ),
             error=error,
         )
 
@@ -410,6 +432,12 @@ class _Session:
         if records:
             note = f"last {TIMELINE_MAX_TRACES} runs" if len(traces) > TIMELINE_MAX_TRACES else ""
             self._print(self._field("timeline", str(timeline_path), note))
+        if self.options.store is not None:
+            self._print(
+                self._field(
+                    "history", "stageflow-otel runs", f"recorded in {self.options.store.location}"
+                )
+            )
         if self.stack.otlp_endpoint:
             self._print(
                 self._field(
@@ -540,9 +568,21 @@ def run_session(
         if notice:
             console.print(Text(notice, style="yellow"))
         console.file.flush()
+        store = options.store
+        if store is not None:
+            store.listener = stack.telemetry.store_listener(store.kind)
+            console.print(
+                Text.assemble(
+                    ("store     ", "bold"),
+                    store.location,
+                    ("  (with checkpoints)" if store.checkpoints else "", "dim"),
+                )
+            )
         session = _Session(graph, inputs, options, stack, console, notice)
         return anyio.run(session.main)
     finally:
+        if options.store is not None:
+            options.store.close()
         stack.shutdown()
 
 

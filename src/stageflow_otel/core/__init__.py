@@ -49,6 +49,8 @@ from .seams import StageCall as StageCall
 from .seams import RunHook as RunHook
 from .seams import RunCall as RunCall
 from .seams import RunProgress as RunProgress
+from .seams import ResumedRun as ResumedRun
+from .seams import RunRecording as RunRecording
 from .seams import SubpipelineCall as SubpipelineCall
 from .seams import ToolCall as ToolCall
 from .seams import compose as compose
@@ -165,11 +167,13 @@ __all__ = (
     "QueuedEvent",
     "RateLimitError",
     "RedisIdempotencyStore",
+    "ResumedRun",
     "RetryInterceptor",
     "RunCall",
     "RunHook",
     "RunIdentity",
     "RunProgress",
+    "RunRecording",
     "ServiceUnavailableError",
     "SinkClosedError",
     "SinkListener",

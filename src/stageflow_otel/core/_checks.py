@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 import reprlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, overload
@@ -360,3 +361,34 @@ def check_run_arguments(
         )
     check_sink("event_sink", event_sink, where=where)
     check_hooks("hooks", hooks, where=where)
+
+
+def check_store(param: str, value: object, *, where: str = "") -> None:
+    """``value`` is a run store (has ``run_hook(graph)``) or ``None``.
+
+    Raises:
+        TypeError: Naming the parameter and the value given.
+    """
+    if value is None or callable(getattr(value, "run_hook", None)):
+        return
+    raise TypeError(
+        f"{where}{param} must be a run store (stageflow_otel.runs: SQLiteRunStore, "
+        f"PostgresRunStore or open_store(url)) or None, got {describe(value)}"
+    )
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """Read a boolean variable; an unrecognised value raises ``ValueError`` naming it."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean; use true or false")

@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import datetime as _dt
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -38,9 +39,11 @@ from .pipeline import PipelineResults
 from .seams import (
     CallNext,
     InterceptorChain,
+    ResumedRun,
     RunCall,
     RunHook,
     RunProgress,
+    RunRecording,
     StageCall,
     around_each_run,
     compose,
@@ -92,8 +95,14 @@ class RunState:
         inherited_sinks: Sequence[EventSink] = (),
         max_depth: int | None = None,
         children_tracker: Any = None,
+        store: RunRecording | None = None,
+        resumed_from: ResumedRun | None = None,
     ) -> None:
         self.graph = graph
+        self.resumed_from = resumed_from
+        self.restored: Mapping[str, StageOutput] = (
+            resumed_from.outputs if resumed_from is not None else _EMPTY_OUTPUTS
+        )
         self.name = graph.name
         self.data: Mapping[str, Any] = MappingProxyType(dict(data)) if data else _EMPTY_DATA
         self.identity = identity
@@ -127,6 +136,11 @@ class RunState:
         else:
             chosen_hooks = default_extensions.hooks
             extension_sinks = default_extensions.event_sinks
+        if store is None and depth == 0:
+            store = _environment_store()
+        if store is not None:
+            # Innermost: the tracing hooks have set each event's trace context before it.
+            chosen_hooks = (*chosen_hooks, store.run_hook(graph))
         self.hooks: tuple[RunHook, ...] = chosen_hooks
         sinks: list[EventSink] = list(inherited_sinks)
         for sink in (graph.event_sink, event_sink, *extension_sinks):
@@ -224,6 +238,7 @@ class RunState:
             entry_point=self.entry_point,
             progress=RunProgress(self),
             source=self.graph.source,
+            resumed_from=self.resumed_from,
         )
 
         async def execute(_: RunCall) -> PipelineResults:
@@ -237,7 +252,7 @@ class RunState:
         self._wall_start = _dt.datetime.now(_dt.UTC)
         for root in self.ready:
             self.ready_at[root] = start
-        if self.emitting:
+        if self.emitting or "pipeline.started" in self.observed_types:
             started: dict[str, Any] = {
                 "stage_count": len(self.specs),
                 "depth": self.depth,
@@ -419,6 +434,11 @@ class RunState:
         spec = self.specs[i]
         try:
             if self.stop_reason is not None:
+                return
+            restored = self.restored.get(spec.name) if self.restored else None
+            if restored is not None:
+                # Completed by the run this one resumes: its output is taken as it is.
+                self._complete(i, restored, 1)
                 return
             # Stages are stopped through anyio cancel scopes, which respect the shields that
             # stage code (or a worker thread it waits for) relies on. Registered once running:
@@ -637,6 +657,21 @@ class RunState:
 
 
 _CALLER_CANCELLED = "the caller was cancelled"
+_EMPTY_OUTPUTS: Mapping[str, StageOutput] = MappingProxyType({})
+STORE_VARIABLE = "STAGEFLOW_OTEL_STORE"
+
+
+def _environment_store() -> RunRecording | None:
+    """The run store ``$STAGEFLOW_OTEL_STORE`` names, if it names one."""
+    url = os.environ.get(STORE_VARIABLE)
+    if not url:
+        return None
+    # Imported only when asked for: the run stores build on the engine, not the other way.
+    from stageflow_otel.runs import store_from_environment
+
+    return store_from_environment(url)
+
+
 _RUN_EVENT = {"ok": "completed", "fail": "failed", "cancel": "cancelled"}
 
 

@@ -20,6 +20,7 @@ from ._checks import (
     check_run_arguments,
     check_seconds,
     check_sink,
+    check_store,
     describe,
     interceptor_problem,
     is_async_callable,
@@ -28,7 +29,7 @@ from ._checks import (
 from .context import RunIdentity
 from .errors import CycleDetectedError, PipelineValidationError, format_names
 from .model import StageKind, StageOutput, StageReturn, StageStatus
-from .seams import Interceptor, RunHook
+from .seams import Interceptor, ResumedRun, RunHook, RunRecording
 from .wide_events import WideEventEmitter
 
 if TYPE_CHECKING:
@@ -559,6 +560,7 @@ class Pipeline:
         emit_stage_wide_events: bool = False,
         emit_pipeline_wide_event: bool = False,
         cleanup_timeout: float = 10.0,
+        store: RunRecording | None = None,
     ) -> StageGraph:
         """Validate the pipeline and compile it into a runnable :class:`StageGraph`.
 
@@ -574,6 +576,8 @@ class Pipeline:
             emit_pipeline_wide_event: Emit a ``pipeline.wide`` event per run.
             cleanup_timeout: Seconds the run's cleanup callbacks may take in all (positive;
                 ``math.inf`` for no limit).
+            store: Record every run in this run store (``stageflow_otel.runs``); ``None``
+                records only when ``$STAGEFLOW_OTEL_STORE`` names a store.
 
         Raises:
             PipelineValidationError: For an invalid pipeline (a cycle, a missing dependency, ...)
@@ -590,6 +594,7 @@ class Pipeline:
             check_bool("emit_stage_wide_events", emit_stage_wide_events)
             check_bool("emit_pipeline_wide_event", emit_pipeline_wide_event)
             check_seconds("cleanup_timeout", cleanup_timeout, allow_inf=True)
+            check_store("store", store)
         except (TypeError, ValueError) as exc:
             raise PipelineValidationError(f"{where}{exc}") from None
         ordered = _validate(self.name, self.specs)
@@ -606,6 +611,7 @@ class Pipeline:
             emit_stage_wide_events=emit_stage_wide_events,
             emit_pipeline_wide_event=emit_pipeline_wide_event,
             cleanup_timeout=float(cleanup_timeout),
+            store=store,
         )
 
     async def run(
@@ -620,6 +626,7 @@ class Pipeline:
         interceptors: Sequence[Interceptor] = (),
         failure_mode: FailureMode = "fail_fast",
         max_concurrency: int | None = None,
+        store: RunRecording | None = None,
     ) -> PipelineResults:
         """Build (validating) and run the pipeline once; see :meth:`StageGraph.run`.
 
@@ -655,6 +662,7 @@ class Pipeline:
             event_sink=event_sink,
             hooks=hooks,
             traceparent=traceparent,
+            store=store,
         )
 
 
@@ -925,9 +933,11 @@ class StageGraph:
         emit_stage_wide_events: bool = False,
         emit_pipeline_wide_event: bool = False,
         cleanup_timeout: float = 10.0,
+        store: RunRecording | None = None,
     ) -> None:
         self.name = name
         self.source = source
+        self.store = store
         self.specs: tuple[StageSpec, ...] = tuple(ordered)
         self.index: dict[str, int] = {spec.name: i for i, spec in enumerate(self.specs)}
         n = len(self.specs)
@@ -972,6 +982,8 @@ class StageGraph:
         hooks: Sequence[RunHook] | None = None,
         traceparent: str | None = None,
         entry_point: bool = False,
+        store: RunRecording | None = None,
+        resumed_from: ResumedRun | None = None,
     ) -> PipelineResults:
         """Run the pipeline once.
 
@@ -983,6 +995,10 @@ class StageGraph:
             hooks: Run hooks for this run; overrides the graph's and the installed extensions.
             traceparent: A W3C ``traceparent`` for tracing hooks to join.
             entry_point: Whether this run is the process's main unit of work (the CLI).
+            store: Record this run in this run store (``stageflow_otel.runs``); overrides the
+                graph's and ``$STAGEFLOW_OTEL_STORE``.
+            resumed_from: The run this one resumes: its completed stages are not run again,
+                their outputs are taken as they are (``stageflow_otel.runs.resume`` passes it).
 
         Returns:
             The results, when every stage succeeded (OK, SKIP).
@@ -1002,6 +1018,12 @@ class StageGraph:
             hooks=hooks,
             traceparent=traceparent,
         )
+        check_store("store", store, where=f"pipeline {self.name!r}: ")
+        if resumed_from is not None and not isinstance(resumed_from, ResumedRun):
+            raise TypeError(
+                f"pipeline {self.name!r}: resumed_from must be a ResumedRun or None, got "
+                f"{describe(resumed_from)}"
+            )
         from ._executor import RunState  # the executor builds on this module
 
         state = RunState(
@@ -1013,5 +1035,7 @@ class StageGraph:
             cancel_token=cancel_token,
             traceparent=traceparent,
             entry_point=entry_point,
+            store=store if store is not None else self.store,
+            resumed_from=resumed_from,
         )
         return await state.start()

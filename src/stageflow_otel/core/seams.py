@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .cancellation import CleanupRegistry
     from .context import RunIdentity, StageContext
     from .events import Event
-    from .pipeline import PipelineResults, StageSpec
+    from .pipeline import PipelineResults, StageGraph, StageSpec
     from .subpipeline import ChildRunTracker
 
 __all__ = (
@@ -40,9 +40,11 @@ __all__ = (
     "CallNext",
     "Interceptor",
     "InterceptorChain",
+    "ResumedRun",
     "RunCall",
     "RunHook",
     "RunProgress",
+    "RunRecording",
     "StageCall",
     "SubpipelineCall",
     "ToolCall",
@@ -257,6 +259,39 @@ class ToolCall:
         return self.tool
 
 
+@runtime_checkable
+class RunRecording(Protocol):
+    """**Protocol:** where runs are recorded: a run store of ``stageflow_otel.runs``.
+
+    ``build(store=...)`` and ``run(store=...)`` take one; the engine adds its hook, innermost,
+    to the run's hooks.
+    """
+
+    def run_hook(self, graph: StageGraph) -> RunHook:
+        """The hook that records runs of ``graph``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ResumedRun:
+    """The run a new run resumes: the outputs it carries over and where to link to.
+
+    ``stageflow_otel.runs.resume`` makes one from a run store; a run given one does not run
+    the stages in ``outputs`` but takes their outputs as they are.
+
+    Attributes:
+        run_id: The resumed run's id.
+        outputs: The outputs of its completed stages, by stage name.
+        trace_id: Its ``pipeline.run`` span's trace id (32 hex digits), if it was traced.
+        span_id: That span's id (16 hex digits), if it was traced.
+    """
+
+    run_id: str
+    outputs: Mapping[str, StageOutput] = field(repr=False)
+    trace_id: str | None = None
+    span_id: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class RunCall:
     """One pipeline run as run hooks see it.
@@ -275,6 +310,7 @@ class RunCall:
         progress: The run as it goes (outputs so far, cleanups, child runs), read-only.
         source: Where the pipeline was declared (``Pipeline.source``, a pipeline file's
             path), or ``None``.
+        resumed_from: The run this one resumes, if it does.
     """
 
     pipeline: str
@@ -289,6 +325,7 @@ class RunCall:
     entry_point: bool
     progress: RunProgress
     source: str | None = None
+    resumed_from: ResumedRun | None = None
 
     @property
     def run_id(self) -> str:

@@ -20,6 +20,7 @@ from .metrics import serve_metrics as serve_metrics
 from .recorders import Recorder as Recorder
 from .sinks import OtelLogEventSink as OtelLogEventSink
 from .sinks import SpanEventSink as SpanEventSink
+from .store_metrics import StoreMetrics as StoreMetrics
 from .telemetry import Telemetry as Telemetry
 
 __all__ = (
@@ -31,6 +32,7 @@ __all__ = (
     "SpanEventSink",
     "StageflowInstrumentor",
     "StageflowMetrics",
+    "StoreMetrics",
     "Telemetry",
     "TelemetryHook",
     "add_stageflow_context",

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from stageflow_otel.core.errors import qualified_name
@@ -54,6 +54,7 @@ _PRIMITIVE = (str, bool, int, float)
 _UNRECORDED: Any = object()
 _propagator = TraceContextTextMapPropagator()
 _UPSTREAM = {attr.LINK_ROLE: "upstream"}
+_RESUMED_FROM = {attr.LINK_ROLE: "resumed_from"}
 
 
 def _safe_value(value: Any) -> Any:
@@ -71,6 +72,19 @@ def _set_attributes(span: trace.Span, attributes: dict[str, Any]) -> None:
         span.set_contract_attributes(attributes)
     else:
         span.set_attributes(attributes)
+
+
+def _resumed_link(trace_id: str | None, span_id: str | None) -> Link | None:
+    """The link to the ``pipeline.run`` span of a resumed run, if its ids are valid hex."""
+    if not trace_id or not span_id:
+        return None
+    try:
+        context = SpanContext(
+            int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(1)
+        )
+    except ValueError:
+        return None
+    return Link(context, _RESUMED_FROM) if context.is_valid else None
 
 
 def _claim(output: StageOutput) -> bool:
@@ -165,11 +179,19 @@ class SpanRecorder(Recorder):
             attributes[attr.PARENT_STAGE_NAME] = run.parent_stage or ""
             attributes[attr.CORRELATION_ID] = run.correlation_id or ""
             attributes[attr.SUBPIPELINE_DEPTH] = run.depth
+        links: list[Link] | None = None
+        resumed = run.resumed_from
+        if resumed is not None:
+            attributes[attr.RUN_RESUMED_FROM] = resumed.run_id
+            attributes[attr.RUN_RESTORED_STAGES] = len(resumed.outputs)
+            link = _resumed_link(resumed.trace_id, resumed.span_id)
+            links = [link] if link is not None else None
         span = self.spans.start(
             f"pipeline.run {run.pipeline}",
             attributes,
             context=parent,
             kind=SpanKind.SERVER if run.entry_point else SpanKind.INTERNAL,
+            links=links,
         )
         record = RunRecord(span, run.pipeline, run.run_id, len(run.stage_names), run.depth)
         record.base_attributes = base

@@ -51,6 +51,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from stageflow_otel.core._checks import env_flag
+
 __all__ = ("EventSelection", "Settings", "env_flag")
 
 METRICS_ADDR = "STAGEFLOW_OTEL_METRICS_ADDR"
@@ -61,22 +63,6 @@ CANONICAL_LOGS = "STAGEFLOW_OTEL_CANONICAL_LOGS"
 SERVE_METRICS = "STAGEFLOW_OTEL_SERVE_METRICS"
 EVENTS = "STAGEFLOW_OTEL_EVENTS"
 EXIT_TIMEOUT = "STAGEFLOW_OTEL_EXIT_TIMEOUT"
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def env_flag(name: str, default: bool) -> bool:
-    """Read a boolean variable; an unrecognised value raises ``ValueError`` naming it."""
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"{name}={raw!r} is not a boolean; use true or false")
 
 
 def _env_int(name: str, default: int, low: int, high: int | None = None) -> int:

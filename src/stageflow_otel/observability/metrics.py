@@ -143,6 +143,17 @@ SINK_EXPORT_DURATION = MetricSpec(
     "stageflow_sink_export_duration_seconds", "Wall time of one export of a batch.",
     ("sink",),
 )  # fmt: skip
+STORE_WRITES = MetricSpec(
+    "stageflow_store_writes", "Records a run store handled, by result (written, failed, "
+    "dropped_queue_full, dropped_shutdown).",
+    ("store", "result"),
+)  # fmt: skip
+STORE_BYTES = MetricSpec("stageflow_store_bytes", "Bytes a run store wrote.", ("store",))
+STORE_WRITE_DURATION = MetricSpec(
+    "stageflow_store_write_duration_seconds", "Wall time of one batch write of a run store, "
+    "retries included.",
+    ("store",),
+)  # fmt: skip
 BUILD_INFO = MetricSpec(
     "stageflow_build_info", "Always 1; the version label says which stageflow-otel.",
     ("version",),
@@ -304,6 +315,9 @@ class StageflowMetrics(LabelGuard):
         self.sink_queue_capacity = _gauge(SINK_QUEUE_CAPACITY)
         self.sink_events = _counter(SINK_EVENTS)
         self.sink_export_duration = _histogram(SINK_EXPORT_DURATION)
+        self.store_writes = _counter(STORE_WRITES)
+        self.store_bytes = _counter(STORE_BYTES)
+        self.store_write_duration = _histogram(STORE_WRITE_DURATION)
         self.build_info = _gauge(BUILD_INFO)
         self.build_info.labels(version=package_version()).set(1)
         self._collectors = tuple(

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import LogRecordExporter
 
+    from .store_metrics import StoreMetrics
+
 __all__ = ("TRACER_NAME", "Telemetry")
 
 TRACER_NAME = "stageflow_otel"
@@ -174,6 +176,21 @@ class Telemetry:
     def hooks(self) -> tuple[RunHook, ...]:
         """The run hooks to pass to ``build``/``run``."""
         return (self.hook,)
+
+    def store_listener(self, store: str = "sqlite") -> StoreMetrics | None:
+        """A run store listener recording ``stageflow_store_*`` (``None`` without metrics).
+
+        Pass it as the store's ``listener``:
+        ``SQLiteRunStore(path, listener=telemetry.store_listener("sqlite"))``.
+
+        Args:
+            store: The ``store`` label: the store's kind (``sqlite``, ``postgres``).
+        """
+        if self.metrics is None:
+            return None
+        from .store_metrics import StoreMetrics
+
+        return StoreMetrics(self.metrics, store)
 
     def serve_metrics(
         self, port: int | None = None, addr: str | None = None, *, fallback: bool = False
