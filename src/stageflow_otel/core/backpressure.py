@@ -77,6 +77,7 @@ __all__ = (
     "DropOldest",
     "OverflowPolicy",
     "PolicyName",
+    "QueueFrontedSink",
     "QueuedEvent",
     "SinkListener",
 )
@@ -414,3 +415,54 @@ class BackpressureAwareEventSink:
                 running=worker.running,
                 closed=queue.closed,
             )
+
+
+class QueueFrontedSink:
+    """The lifecycle of a sink that chooses events for a :class:`BackpressureAwareEventSink`.
+
+    Such a sink (the OpenTelemetry log sink, the analytics sink) decides which events go into
+    its queue and how a batch is exported; starting, flushing, shutting down and the
+    statistics are the queue's, given by :meth:`queued_sink`.
+    """
+
+    __slots__ = ()
+
+    def queued_sink(self) -> BackpressureAwareEventSink:
+        """The queue this sink feeds."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Start the export thread (emitting starts it too)."""
+        self.queued_sink().start()
+
+    def force_flush(self, timeout: float = DEFAULT_TIMEOUT) -> bool:
+        """Export every event queued before this call, waiting at most ``timeout`` seconds."""
+        return self.queued_sink().force_flush(timeout)
+
+    async def aflush(self, timeout: float = DEFAULT_TIMEOUT) -> bool:
+        """:meth:`force_flush` on a worker thread, so the event loop keeps running."""
+        return await self.queued_sink().aflush(timeout)
+
+    def shutdown(self, timeout: float = DEFAULT_TIMEOUT) -> bool:
+        """Export what is queued and stop, within ``timeout`` seconds; shuts the exporter down."""
+        return self.queued_sink().shutdown(timeout)
+
+    async def aclose(self, timeout: float = DEFAULT_TIMEOUT) -> bool:
+        """:meth:`shutdown` on a worker thread, so the event loop keeps running."""
+        return await self.queued_sink().aclose(timeout)
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def statistics(self) -> BackpressureStatistics:
+        """A snapshot of the queue and its counters."""
+        return self.queued_sink().statistics()

@@ -23,14 +23,13 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Protocol, Self, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 
 from stageflow_otel.core._checks import describe
 from stageflow_otel.core.backpressure import (
     BackpressureAwareEventSink,
-    BackpressureStatistics,
     QueuedEvent,
+    QueueFrontedSink,
     SinkListener,
 )
 from stageflow_otel.core.events import Event
@@ -161,7 +160,7 @@ class _RowExport:
             shutdown()
 
 
-class AnalyticsSink:
+class AnalyticsSink(QueueFrontedSink):
     """An event sink that exports the chosen events as analytics rows, in batches.
 
     Args:
@@ -240,34 +239,6 @@ class AnalyticsSink:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def statistics(self) -> BackpressureStatistics:
-        """The queue's statistics: queued, exported, dropped, failed rows."""
-        return self.queue.statistics()
-
-    def force_flush(self, timeout: float = 30.0) -> bool:
-        """Export every row queued so far; whether that worked in time."""
-        return self.queue.force_flush(timeout)
-
-    async def aflush(self, timeout: float = 30.0) -> bool:
-        """:meth:`force_flush` without blocking the event loop."""
-        return await self.queue.aflush(timeout)
-
-    def shutdown(self, timeout: float = 30.0) -> bool:
-        """Export what is queued, stop, and shut the exporter down."""
-        return self.queue.shutdown(timeout)
-
-    async def aclose(self, timeout: float = 30.0) -> bool:
-        """:meth:`shutdown` without blocking the event loop."""
-        return await self.queue.aclose(timeout)
-
-    async def __aenter__(self) -> Self:
-        self.queue.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    def queued_sink(self) -> BackpressureAwareEventSink:
+        """The queue this sink feeds (its own): its statistics count rows."""
+        return self.queue

@@ -19,8 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord, SeverityNumber
@@ -39,10 +38,10 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from stageflow_otel._version import package_version
 from stageflow_otel.core.backpressure import (
     BackpressureAwareEventSink,
-    BackpressureStatistics,
     OverflowPolicy,
     PolicyName,
     QueuedEvent,
+    QueueFrontedSink,
     SinkListener,
 )
 from stageflow_otel.core.events import Event
@@ -482,7 +481,7 @@ class _SinkMetrics(SinkListener):
         self._duration.observe(duration_s)
 
 
-class OtelLogEventSink:
+class OtelLogEventSink(QueueFrontedSink):
     """Lifecycle events as OpenTelemetry log records, behind a backpressure queue.
 
     The queue is a :class:`~stageflow_otel.core.backpressure.BackpressureAwareEventSink` of
@@ -590,41 +589,9 @@ class OtelLogEventSink:
         if type in self.events:
             await self._sink.emit(type=type, data=data)
 
-    def start(self) -> None:
-        """Start the export thread (emitting starts it too)."""
-        self._sink.start()
-
-    def force_flush(self, timeout: float = 30.0) -> bool:
-        """Export every event queued before this call, waiting at most ``timeout`` seconds."""
-        return self._sink.force_flush(timeout)
-
-    async def aflush(self, timeout: float = 30.0) -> bool:
-        """:meth:`force_flush` on a worker thread, so the event loop keeps running."""
-        return await self._sink.aflush(timeout)
-
-    def shutdown(self, timeout: float = 30.0) -> bool:
-        """Export what is queued and stop, within ``timeout`` seconds; shuts the exporter down."""
-        return self._sink.shutdown(timeout)
-
-    async def aclose(self, timeout: float = 30.0) -> bool:
-        """:meth:`shutdown` on a worker thread, so the event loop keeps running."""
-        return await self._sink.aclose(timeout)
-
-    async def __aenter__(self) -> Self:
-        self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def statistics(self) -> BackpressureStatistics:
-        """A snapshot of the queue and its counters."""
-        return self._sink.statistics()
+    def queued_sink(self) -> BackpressureAwareEventSink:
+        """The queue this sink feeds (its own)."""
+        return self._sink
 
 
 class SpanEventSink:
