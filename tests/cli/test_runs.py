@@ -189,3 +189,38 @@ def test_the_demo_records_its_runs_in_the_default_store(project: Path) -> None:
         ("ok", "stageflow_otel.demo:build_order_pipeline", {"request_id": "demo-2"}),
         ("ok", "stageflow_otel.demo:build_order_pipeline", {"request_id": "demo-1"}),
     ]
+
+
+def test_old_runs_are_pruned_with_their_stages_and_checkpoints(project: Path) -> None:
+    for fail in ("1", ""):
+        recorded = run_cli(
+            "run", "shop.py:shop", "--store", "--checkpoints", *session(project),
+            cwd=project, env=env(project, FAIL_CHARGE=fail),
+        )  # fmt: skip
+        assert recorded.returncode == (1 if fail else 0), recorded.stderr
+    failed, ok = (
+        RUN_ID.findall(run_cli("runs", "--status", s, cwd=project, env=env(project)).stdout)[0]
+        for s in ("fail", "ok")
+    )
+
+    kept = run_cli("runs", "prune", "--older-than", "1h", cwd=project, env=env(project))
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout.startswith("deleted 0 runs started before ")
+    only_failed = run_cli(
+        "runs", "prune", "--older-than", "2099-01-01", "--status", "fail",
+        cwd=project, env=env(project),
+    )  # fmt: skip
+    assert only_failed.stdout.startswith("deleted 1 run started before 2099-01-01")
+    assert RUN_ID.findall(run_cli("runs", cwd=project, env=env(project)).stdout) == [ok]
+    store = SQLiteRunStore(project / "data" / "stageflow-otel" / "runs.sqlite3")
+    try:
+        assert store.read_checkpoints(failed) == []
+        assert store.read_checkpoints(ok) != []
+        assert store.query(
+            "SELECT COUNT(*) FROM stageflow_run_stages WHERE run_id = ?", (failed,)
+        ) == [(0,)]
+    finally:
+        store.close()
+    missing = run_cli("runs", "prune", cwd=project, env=env(project))
+    assert missing.returncode == 2
+    assert "--older-than" in missing.stderr

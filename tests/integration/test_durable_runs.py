@@ -33,6 +33,7 @@ from stageflow_otel.runs import (
     restored_outputs,
     resume,
 )
+from stageflow_otel.runs._sql import SQLRunStore
 from stageflow_otel.testing import in_memory_telemetry
 from tests.integration import durable_pipeline
 from tests.support.servers import PostgresServer, start_postgres, wait_until
@@ -531,3 +532,34 @@ async def test_the_environment_records_runs_given_no_store(
     monkeypatch.delenv("STAGEFLOW_OTEL_STORE_CHECKPOINTS")
     with pytest.raises(ValueError, match=r"\$STAGEFLOW_OTEL_STORE: unknown kind of store 'mysql'"):
         store_from_environment()
+
+
+async def test_old_ended_runs_are_deleted_and_running_ones_kept(
+    store_url: str, counts_file: str
+) -> None:
+    store = opened(store_url, checkpoints=True)
+    assert isinstance(store, SQLRunStore)
+    try:
+        first = await durable_pipeline.build().build(store=store).run({})
+        second = await durable_pipeline.build().build(store=store).run({})
+        store.flush()
+        later = _dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=1)
+        running = store.list_runs(limit=2)[0]
+        # A run whose end was never recorded (its process died) stays "running".
+        with store.transaction() as cursor:
+            cursor.execute(
+                store._sql("UPDATE stageflow_runs SET status = 'running' WHERE run_id = ?"),
+                (running.run_id,),
+            )
+        with pytest.raises(ValueError, match="status must be one of ok, fail, cancel"):
+            store.delete_runs(before=later, status="running")
+        assert store.delete_runs(before=later, pipeline="other") == 0
+        assert store.delete_runs(before=later) == 1
+        left = store.list_runs()
+        gone = first if running.run_id == second.run_id else second
+        assert store.get_run(gone.run_id) is None
+        assert store.read_checkpoints(gone.run_id) == []
+        assert store.read_checkpoints(running.run_id) != []
+    finally:
+        store.close()
+    assert [r.run_id for r in left] == [running.run_id]

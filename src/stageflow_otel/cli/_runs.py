@@ -142,7 +142,7 @@ def add_run_commands(
     log_levels: dict[str, int],
     console: Callable[[], Console],
 ) -> None:
-    """Add ``runs`` (with ``runs show``) and ``resume`` to the subcommands."""
+    """Add ``runs`` (with ``runs show`` and ``runs prune``) and ``resume`` to the subcommands."""
     store_option = argparse.ArgumentParser(add_help=False)
     store_option.add_argument(
         "--store",
@@ -178,7 +178,7 @@ def add_run_commands(
         f"${JAEGER_VARIABLE})",
     )
     runs.set_defaults(handler=lambda args: _list(args, console()))
-    shows = runs.add_subparsers(dest="runs_command", metavar="show RUN_ID")
+    shows = runs.add_subparsers(dest="runs_command", metavar="{show RUN_ID,prune}")
     show = shows.add_parser(
         "show",
         parents=[common, store_option],
@@ -189,6 +189,25 @@ def add_run_commands(
     show.add_argument("run_id", metavar="RUN_ID", help="a run id, or its first characters")
     show.add_argument("--jaeger-url", metavar="URL", help=f"(default: ${JAEGER_VARIABLE})")
     show.set_defaults(handler=lambda args: _show(args, console()))
+    prune = shows.add_parser(
+        "prune",
+        parents=[common, store_option],
+        help="delete old runs (their stages and checkpoints too)",
+        description="Delete the runs started before a time, with their stages and checkpoints, "
+        "and say how many; runs still running are kept. A store keeps every run until pruned.",
+    )
+    prune.add_argument(
+        "--older-than",
+        metavar="WHEN",
+        type=parse_since,
+        required=True,
+        help="runs started before this: a duration ago (30m, 2h, 7d) or an ISO date/time",
+    )
+    prune.add_argument("--pipeline", metavar="NAME", help="only runs of this pipeline")
+    prune.add_argument(
+        "--status", choices=("ok", "fail", "cancel"), help="only runs with this status"
+    )
+    prune.set_defaults(handler=lambda args: _prune(args, console()))
 
     resume = commands.add_parser(
         "resume",
@@ -312,6 +331,19 @@ def _find(store: RecordingStore, run_id: str) -> RunRecord:
             f"there is no run {run_id!r} in {store.location}; list them with 'stageflow-otel runs'"
         )
     return record
+
+
+def _prune(args: argparse.Namespace, console: Console) -> int:
+    store = _reading_store(args)
+    try:
+        deleted = store.delete_runs(
+            before=args.older_than, pipeline=args.pipeline, status=args.status
+        )
+    finally:
+        store.close()
+    when = _started(args.older_than)
+    console.print(f"deleted {deleted} run{'' if deleted == 1 else 's'} started before {when}")
+    return EXIT_OK
 
 
 def _show(args: argparse.Namespace, console: Console) -> int:

@@ -141,6 +141,38 @@ class SQLRunStore(RecordingStore):
                     written += _bytes(params)
         return written
 
+    def delete_runs(
+        self, *, before: _dt.datetime, pipeline: str | None = None, status: str | None = None
+    ) -> int:
+        """Delete the ended runs started before ``before``; return how many.
+
+        Their stages and checkpoints go with them, in one transaction; runs still ``running``
+        are kept.
+
+        Raises:
+            ValueError: An unknown ``status``, or ``running``.
+        """
+        if status is not None and (status not in RUN_STATUSES or status == "running"):
+            ended = ", ".join(s for s in RUN_STATUSES if s != "running")
+            raise ValueError(f"status must be one of {ended}, got {status!r}")
+        where = ["started_at < ?", "status <> 'running'"]
+        params: list[Any] = [_epoch(before)]
+        if pipeline is not None:
+            where.append("pipeline = ?")
+            params.append(pipeline)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        chosen = f"SELECT run_id FROM stageflow_runs WHERE {' AND '.join(where)}"
+        with self.transaction() as cursor:
+            for table in ("stageflow_run_checkpoints", "stageflow_run_stages"):
+                cursor.execute(self._sql(f"DELETE FROM {table} WHERE run_id IN ({chosen})"), params)
+            cursor.execute(
+                self._sql(f"DELETE FROM stageflow_runs WHERE {' AND '.join(where)}"), params
+            )
+            deleted = cursor.rowcount
+        return max(int(deleted), 0)
+
     # -- reads -----------------------------------------------------------------------------
 
     def list_runs(

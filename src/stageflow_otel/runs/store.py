@@ -67,6 +67,15 @@ class RunStore(Protocol):
         """A run's checkpoints, in order."""
         ...
 
+    def delete_runs(
+        self, *, before: _dt.datetime, pipeline: str | None = None, status: str | None = None
+    ) -> int:
+        """Delete the ended runs started before ``before``; return how many.
+
+        Their stages and checkpoints go with them; runs still ``running`` are kept.
+        """
+        ...
+
 
 class RunStoreListener(SinkListener):
     """**Base class:** observes a store's writes (the metrics of ``stageflow_otel.observability``).
@@ -148,6 +157,15 @@ class RecordingStore:
 
     def read_checkpoints(self, run_id: str) -> list[CheckpointRecord]:
         """A run's checkpoints, in order."""
+        raise NotImplementedError
+
+    def delete_runs(
+        self, *, before: _dt.datetime, pipeline: str | None = None, status: str | None = None
+    ) -> int:
+        """Delete the ended runs started before ``before``; return how many.
+
+        Their stages and checkpoints go with them; runs still ``running`` are kept.
+        """
         raise NotImplementedError
 
     def close_connection(self) -> None:
