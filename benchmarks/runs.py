@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from telemetry import interleaved  # the scenarios sampled round-robin, as every benchmark here
 
 from stageflow_otel import Pipeline, StageContext
 from stageflow_otel.compression import size_of
@@ -60,31 +59,6 @@ def recorded(
             store.flush(60.0)
 
     return run
-
-
-async def interleaved(
-    runs: dict[str, Callable[[], Awaitable[None]]], stages: int, rounds: int
-) -> dict[str, tuple[float, float, float]]:
-    """Median (wall, loop CPU, process CPU) per stage in µs, sampled round-robin."""
-    samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runs}
-    for run in runs.values():
-        await run()  # warm-up: threads started, tables made
-    for _ in range(rounds):
-        for name, run in runs.items():
-            gc.collect()
-            wall, loop_cpu, cpu = time.perf_counter(), time.thread_time(), time.process_time()
-            await run()
-            samples[name].append(
-                (
-                    (time.perf_counter() - wall) / stages * 1e6,
-                    (time.thread_time() - loop_cpu) / stages * 1e6,
-                    (time.process_time() - cpu) / stages * 1e6,
-                )
-            )
-    return {
-        name: tuple(statistics.median(s[i] for s in taken) for i in range(3))  # type: ignore[misc]
-        for name, taken in samples.items()
-    }
 
 
 async def demo_ratio(directory: Path, runs: int) -> tuple[int, int, int, int]:
@@ -142,10 +116,10 @@ async def main(rounds: int, demo_runs: int) -> None:
     print(
         f"{'scenario':<32}{'wall µs':>10}{'loop CPU':>10}{'all CPU':>10}{'x wall':>8}{'+ µs/stage':>12}"
     )
-    for name, (wall, loop, cpu) in costs.items():
+    for name, cost in costs.items():
         print(
-            f"{name:<32}{wall:>10.1f}{loop:>10.1f}{cpu:>10.1f}{wall / base[0]:>8.2f}"
-            f"{wall - base[0]:>12.1f}"
+            f"{name:<32}{cost.wall:>10.1f}{cost.loop_cpu:>10.1f}{cost.cpu:>10.1f}"
+            f"{cost.wall / base.wall:>8.2f}{cost.wall - base.wall:>12.1f}"
         )
     count, deltas, full, outputs = await demo_ratio(directory, demo_runs)
     print(

@@ -35,7 +35,7 @@ import logging
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +133,7 @@ class Cost:
 
 
 async def interleaved(
-    runs: dict[str, Callable[[], Awaitable[object]]], stages: int, rounds: int
+    runs: Mapping[str, Callable[[], Awaitable[object]]], stages: int, rounds: int
 ) -> dict[str, Cost]:
     """Median cost per stage of each scenario, sampled round-robin."""
     samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in runs}

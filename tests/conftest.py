@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import CollectorServer, JaegerServer, start_collector, start_jaeger
+from tests.support.servers import (
+    CollectorServer,
+    JaegerServer,
+    RedisServer,
+    start_collector,
+    start_jaeger,
+    start_redis,
+)
 
 pytest_plugins = ("anyio",)
 
@@ -29,4 +36,11 @@ def collector(tmp_path: Path, jaeger: JaegerServer) -> Iterator[CollectorServer]
     with start_collector(
         tmp_path / "otelcol", jaeger_otlp_grpc_endpoint=jaeger.otlp_grpc_endpoint
     ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1, shared by the tests (each uses a key prefix of its own)."""
+    with start_redis(tmp_path_factory.mktemp("redis")) as server:
         yield server

@@ -7,8 +7,7 @@ A missing ``redis-server`` skips them on a developer machine and fails them unde
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -30,7 +29,7 @@ from stageflow_otel.core import (
     StageReturn,
     StageStatus,
 )
-from tests.support.servers import RedisServer, start_redis
+from tests.support.servers import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.components]
 
@@ -38,13 +37,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.components]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    directory: Path = tmp_path_factory.mktemp("redis")
-    with start_redis(directory) as server:
-        yield server
 
 
 @pytest.fixture

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as redis_asyncio
@@ -17,7 +16,7 @@ from stageflow_otel.helpers import (
     RedisMemoryStore,
     Turn,
 )
-from tests.support.servers import RedisServer, start_redis
+from tests.support.servers import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.components]
 
@@ -25,13 +24,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.components]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    directory: Path = tmp_path_factory.mktemp("redis")
-    with start_redis(directory) as server:
-        yield server
 
 
 @pytest.fixture
