@@ -59,7 +59,7 @@ def test_registered_helper_metrics_are_the_documented_ones() -> None:
     metrics = HelperMetrics(CollectorRegistry())
     registered = {
         (m._name + "_total" if m._type == "counter" else m._name): (m._type, set(m._labelnames))
-        for m in vars(metrics).values()
+        for m in metrics.collectors
         if isinstance(m, MetricWrapperBase)
     }
     documented = {

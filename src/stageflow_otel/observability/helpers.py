@@ -22,9 +22,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.metrics import MeterProvider, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from stageflow_otel._version import package_version
 from stageflow_otel.core.backpressure import SinkListener
 from stageflow_otel.core.context import StageContext
 from stageflow_otel.core.errors import qualified_name
@@ -144,40 +146,46 @@ STREAM_EVICTED = "stageflow.stream.evicted"
 
 
 class HelperMetrics:
-    """The Prometheus metrics of the helpers, registered in ``registry``.
+    """The metrics of the helpers, on ``/metrics`` and optionally through OpenTelemetry.
+
+    Prometheus metrics live in ``registry``; with a ``meter_provider`` the same instruments
+    are also recorded through the OpenTelemetry metrics API. Each attribute is a metric whose ``labels(*values)`` gives what to ``inc`` or
+    ``observe`` (the queue depth: ``set_function``); with a meter provider it records on both
+    paths, under the same names and attributes, as the engine's metrics do.
 
     Args:
-        registry: Where the metrics live (the telemetry's registry).
+        registry: Where the Prometheus metrics live (the telemetry's registry).
+        meter_provider: Also record through this provider (``Telemetry(meter_provider=)``).
 
     Raises:
         ValueError: ``registry`` already holds them (another ``HelperTelemetry`` registered
             them).
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, meter_provider: MeterProvider | None = None
+    ) -> None:
         self.registry = registry
-        self.guardrail_verdicts = _counter(GUARDRAIL_VERDICTS)
-        self.guardrail_findings = _counter(GUARDRAIL_FINDINGS)
-        self.provider_calls = _counter(PROVIDER_CALLS)
-        self.provider_duration = _histogram(PROVIDER_DURATION)
-        self.provider_tokens = _counter(PROVIDER_TOKENS)
-        self.memory_turns = _counter(MEMORY_TURNS)
-        self.stage_memory_peak = _histogram(STAGE_MEMORY_PEAK, BYTE_BUCKETS)
-        self.stream_chunks = _counter(STREAM_CHUNKS)
-        self.stream_queue_depth = Gauge(
-            STREAM_QUEUE_DEPTH.name,
-            STREAM_QUEUE_DEPTH.description,
-            STREAM_QUEUE_DEPTH.labels,
-            registry=None,
+        prometheus = {name: _prometheus(spec, kind) for name, (spec, kind) in _SPECS.items()}
+        self.collectors: tuple[Counter | Gauge | Histogram, ...] = tuple(prometheus.values())
+        """The Prometheus metrics, as registered."""
+        mirrored: dict[str, Any] = (
+            _mirrored(prometheus, meter_provider) if meter_provider else dict(prometheus)
         )
-        self.stream_first_chunk = _histogram(STREAM_FIRST_CHUNK)
-        self.stream_duration = _histogram(STREAM_DURATION)
-        self._collectors = tuple(
-            v for v in vars(self).values() if isinstance(v, Counter | Gauge | Histogram)
-        )
+        self.guardrail_verdicts = mirrored["guardrail_verdicts"]
+        self.guardrail_findings = mirrored["guardrail_findings"]
+        self.provider_calls = mirrored["provider_calls"]
+        self.provider_duration = mirrored["provider_duration"]
+        self.provider_tokens = mirrored["provider_tokens"]
+        self.memory_turns = mirrored["memory_turns"]
+        self.stage_memory_peak = mirrored["stage_memory_peak"]
+        self.stream_chunks = mirrored["stream_chunks"]
+        self.stream_queue_depth = mirrored["stream_queue_depth"]
+        self.stream_first_chunk = mirrored["stream_first_chunk"]
+        self.stream_duration = mirrored["stream_duration"]
         registered: list[Any] = []
         try:
-            for collector in self._collectors:
+            for collector in self.collectors:
                 registry.register(collector)
                 registered.append(collector)
         except ValueError as exc:
@@ -189,10 +197,88 @@ class HelperMetrics:
             ) from None
 
     def unregister(self) -> None:
-        """Remove these metrics from their registry."""
-        for collector in self._collectors:
+        """Remove the Prometheus metrics from their registry."""
+        for collector in self.collectors:
             with contextlib.suppress(KeyError):
                 self.registry.unregister(collector)
+
+
+class _MirroredSeries:
+    """One labelled series on both paths: a Prometheus child and OpenTelemetry attributes."""
+
+    __slots__ = ("_attributes", "_child", "_family")
+
+    def __init__(self, family: _Mirrored, child: Any, attributes: dict[str, str]) -> None:
+        self._family = family
+        self._child = child
+        self._attributes = attributes
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._child.inc(amount)
+        self._family.instrument.add(amount, self._attributes)
+
+    def observe(self, amount: float) -> None:
+        self._child.observe(amount)
+        self._family.instrument.record(amount, self._attributes)
+
+    def set_function(self, read: Callable[[], float]) -> None:
+        self._child.set_function(read)
+        with self._family.lock:
+            self._family.readers[tuple(self._attributes.items())] = read
+
+
+class _Mirrored:
+    """A Prometheus metric and the OpenTelemetry instrument of the same name."""
+
+    def __init__(self, prometheus: Any, meter: Any, spec: MetricSpec, kind: str) -> None:
+        self.prometheus = prometheus
+        self.labelnames = spec.labels
+        self.lock = threading.Lock()
+        self.readers: dict[tuple[tuple[str, str], ...], Callable[[], float]] = {}
+        if kind == "counter":
+            self.instrument = meter.create_counter(spec.name, description=spec.description)
+        elif kind == "gauge":  # read when collected, as Prometheus reads it when scraped
+            self.instrument = meter.create_observable_gauge(
+                spec.name, callbacks=[self._observe], description=spec.description
+            )
+        else:
+            buckets = BYTE_BUCKETS if spec is STAGE_MEMORY_PEAK else DURATION_BUCKETS
+            self.instrument = meter.create_histogram(
+                spec.name,
+                unit="By" if spec is STAGE_MEMORY_PEAK else "s",
+                description=spec.description,
+                explicit_bucket_boundaries_advisory=list(buckets),
+            )
+
+    def labels(self, *values: str) -> _MirroredSeries:
+        return _MirroredSeries(
+            self, self.prometheus.labels(*values), dict(zip(self.labelnames, values, strict=True))
+        )
+
+    def _observe(self, options: Any) -> list[Observation]:
+        with self.lock:
+            readers = list(self.readers.items())
+        return [Observation(read(), dict(key)) for key, read in readers]
+
+
+_SPECS = {
+    "guardrail_verdicts": (GUARDRAIL_VERDICTS, "counter"),
+    "guardrail_findings": (GUARDRAIL_FINDINGS, "counter"),
+    "provider_calls": (PROVIDER_CALLS, "counter"),
+    "provider_duration": (PROVIDER_DURATION, "histogram"),
+    "provider_tokens": (PROVIDER_TOKENS, "counter"),
+    "memory_turns": (MEMORY_TURNS, "counter"),
+    "stage_memory_peak": (STAGE_MEMORY_PEAK, "histogram"),
+    "stream_chunks": (STREAM_CHUNKS, "counter"),
+    "stream_queue_depth": (STREAM_QUEUE_DEPTH, "gauge"),
+    "stream_first_chunk": (STREAM_FIRST_CHUNK, "histogram"),
+    "stream_duration": (STREAM_DURATION, "histogram"),
+}
+
+
+def _mirrored(prometheus: dict[str, Any], meter_provider: MeterProvider) -> dict[str, Any]:
+    meter = meter_provider.get_meter("stageflow_otel", package_version())
+    return {name: _Mirrored(metric, meter, *_SPECS[name]) for name, metric in prometheus.items()}
 
 
 def _stage_span() -> trace.Span:
@@ -201,11 +287,12 @@ def _stage_span() -> trace.Span:
     return stage.span if stage is not None else trace.get_current_span()
 
 
-def _counter(spec: MetricSpec) -> Counter:
-    return Counter(spec.name, spec.description, spec.labels, registry=None)
-
-
-def _histogram(spec: MetricSpec, buckets: tuple[float, ...] = DURATION_BUCKETS) -> Histogram:
+def _prometheus(spec: MetricSpec, kind: str) -> Counter | Gauge | Histogram:
+    if kind == "counter":
+        return Counter(spec.name, spec.description, spec.labels, registry=None)
+    if kind == "gauge":
+        return Gauge(spec.name, spec.description, spec.labels, registry=None)
+    buckets = BYTE_BUCKETS if spec is STAGE_MEMORY_PEAK else DURATION_BUCKETS
     return Histogram(spec.name, spec.description, spec.labels, buckets=buckets, registry=None)
 
 
@@ -236,7 +323,9 @@ class HelperTelemetry(RunHook):
         self.telemetry = telemetry
         self.tracer = telemetry.tracer
         self.labels: LabelGuard = telemetry.metrics or LabelGuard()
-        self.metrics = HelperMetrics(telemetry.registry) if metrics else None
+        self.metrics = (
+            HelperMetrics(telemetry.registry, telemetry.meter_provider) if metrics else None
+        )
         self._handlers: dict[str, Callable[[Event], None]] = {
             VERDICT_EVENT: self._guardrail_verdict,
             FETCHED_EVENT: self._memory_used,

@@ -129,6 +129,7 @@ class Telemetry:
         self.registry: CollectorRegistry = (
             self.metrics.registry if self.metrics else (registry or CollectorRegistry())
         )
+        self.meter_provider = meter_provider
         otel_metrics: tuple[Recorder, ...] = ()
         if meter_provider is not None:
             from ._otel_metric_recorder import OtelMetricRecorder

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.trace import SpanKind, StatusCode
 
 from stageflow_otel import (
@@ -391,3 +394,59 @@ async def test_a_cancelled_provider_call_leaves_no_span_open(
     assert span.status.status_code is StatusCode.UNSET
     labels = {"operation": "chat", "provider": "mock", "model": "slow", "status": "cancel"}
     assert telemetry.sample("stageflow_provider_calls_total", labels) == 1.0
+
+
+async def test_with_a_meter_provider_the_helper_metrics_go_through_it_too() -> None:
+    reader = InMemoryMetricReader()
+    recorded = in_memory_telemetry(
+        canonical_logs=False, meter_provider=MeterProvider(metric_readers=[reader])
+    )
+    helpers = HelperTelemetry(recorded.telemetry)
+    model = MockChatModel("gpt-mock", replies=["four words of reply"])
+
+    async def answer(ctx: StageContext) -> dict[str, str]:
+        queue: ChunkQueue[str] = ChunkQueue(8, name="tokens", ctx=ctx)
+        queue.put_nowait("a")
+        read_while_open = points(reader)["stageflow_stream_queue_depth"]
+        queue.close()
+        _ = [chunk async for chunk in queue]
+        response = await model.chat([{"role": "user", "content": "hi"}], ctx=ctx)
+        assert [p.value for p in read_while_open] == [1]
+        return {"text": response.text}
+
+    graph = (
+        Pipeline("chat")
+        .with_stage("guard", GuardStage([PIICheck()]))
+        .with_stage("answer", answer, dependencies=["guard"])
+        .build(hooks=(*recorded.hooks, helpers))
+    )
+    await run_graph(graph, data={"text": "mail a@b.io"})
+    found = points(reader)
+    recorded.shutdown()
+
+    def value(name: str, **attributes: str) -> Any:
+        [point] = [p for p in found[name] if dict(p.attributes) == attributes]
+        return point
+
+    verdict = {"pipeline": "chat", "stage": "guard", "check": "pii", "verdict": "redact"}
+    assert value("stageflow_guardrail_verdicts", **verdict).value == 1
+    assert recorded.sample("stageflow_guardrail_verdicts_total", verdict) == 1.0
+    call = {"operation": "chat", "provider": "mock", "model": "gpt-mock"}
+    assert value("stageflow_provider_calls", **call, status="ok").value == 1
+    assert value("stageflow_provider_tokens", **call, token_type="output").value == 4
+    assert value("stageflow_provider_call_duration_seconds", **call).count == 1
+    assert value("stageflow_stream_chunks", queue="tokens", result="delivered").value == 1
+    assert value("stageflow_stream_queue_depth", queue="tokens").value == 0
+    assert value("stageflow_stream_first_chunk_seconds", queue="tokens").count == 1
+
+
+def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    """The data points of a collection, by metric name."""
+    found: dict[str, list[Any]] = {}
+    data = reader.get_metrics_data()
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                found.setdefault(metric.name, []).extend(metric.data.data_points)
+    return found
