@@ -30,6 +30,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 
 from stageflow_otel.core.extensions import default_extensions
 
+from .helpers import HelperTelemetry
 from .telemetry import Telemetry
 
 __all__ = (
@@ -88,6 +89,7 @@ class StageflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """
 
     _telemetry: Telemetry | None = None
+    _helpers: HelperTelemetry | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """Nothing to check: the instrumented library is this package."""
@@ -131,14 +133,18 @@ class StageflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                     )
                 else:
                     logger.info("stageflow metrics served on %s", server.url)
+            # What the helpers report (GenAI spans of model calls, guardrail verdicts, ...).
+            helpers = HelperTelemetry(telemetry, metrics=telemetry.metrics is not None)
+            self._helpers = helpers
             default_extensions.install(
                 EXTENSION_KEY,
-                hooks=telemetry.hooks,
+                hooks=(*telemetry.hooks, helpers),
                 event_sinks=() if telemetry.event_sink is None else (telemetry.event_sink,),
             )
         except Exception as exc:
             if telemetry is not None:
-                _discard(telemetry)
+                _discard(telemetry, self._helpers)
+            self._helpers = None
             warnings.warn(
                 f"stageflow instrumentation not installed: {exc}",
                 InstrumentationWarning,
@@ -150,19 +156,28 @@ class StageflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _uninstrument(self, **kwargs: Any) -> None:
         default_extensions.uninstall(EXTENSION_KEY)
         telemetry, self._telemetry = self._telemetry, None
+        helpers, self._helpers = self._helpers, None
         if telemetry is not None:
-            telemetry.shutdown(timeout=float(kwargs.get("timeout", 5.0)))
-            if telemetry.metrics is not None:
-                telemetry.metrics.unregister()
+            try:
+                telemetry.shutdown(timeout=float(kwargs.get("timeout", 5.0)))
+            finally:
+                _unregister(telemetry, helpers)
 
 
-def _discard(telemetry: Telemetry) -> None:
+def _discard(telemetry: Telemetry, helpers: HelperTelemetry | None) -> None:
     """Undo a half-made installation: servers, event export, registered metrics."""
     try:
         telemetry.shutdown(timeout=0.1)
     finally:
-        if telemetry.metrics is not None:
-            telemetry.metrics.unregister()
+        _unregister(telemetry, helpers)
+
+
+def _unregister(telemetry: Telemetry, helpers: HelperTelemetry | None) -> None:
+    """Remove the metrics from the registry, so that it can be instrumented again."""
+    if telemetry.metrics is not None:
+        telemetry.metrics.unregister()
+    if helpers is not None and helpers.metrics is not None:
+        helpers.metrics.unregister()
 
 
 def instrument(**kwargs: Any) -> Telemetry | None:

@@ -18,8 +18,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 
-from stageflow_otel import Pipeline
+from stageflow_otel import Pipeline, StageContext
 from stageflow_otel.core.extensions import default_extensions
+from stageflow_otel.helpers import MockChatModel
 from stageflow_otel.observability import StageflowInstrumentor, Telemetry, instrument, uninstrument
 from stageflow_otel.observability.instrumentation import EXTENSION_KEY
 from stageflow_otel.testing import span_tree
@@ -109,7 +110,7 @@ async def test_instrument_twice_changes_nothing(
     await run_graph(PIPELINE.build())
 
     assert second is first
-    assert len(default_extensions.hooks) == 1
+    assert len(default_extensions.hooks) == 2  # the telemetry's hook and the helpers', once
     assert span_tree(exporter.get_finished_spans()) == PLAIN_TREE
 
 
@@ -291,3 +292,36 @@ def test_opentelemetry_instrument_respects_disabled_instrumentations(tmp_path: P
     assert console_spans(done.stdout) == []
     assert "stage.run" not in done.stdout
     assert "pipeline.wide" not in done.stdout  # nothing observed the run at all
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("clean_instrumentation")
+async def test_instrumented_pipelines_record_the_helpers_and_can_be_instrumented_again(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    tracer_provider, exporter = provider
+    registry = CollectorRegistry()
+    model = MockChatModel("gpt-mock", replies=["ok"])
+
+    async def ask(ctx: StageContext) -> dict[str, str]:
+        return {"text": (await model.chat([{"role": "user", "content": "hi"}], ctx=ctx)).text}
+
+    labels = {"operation": "chat", "provider": "mock", "model": "gpt-mock", "status": "ok"}
+    counted = []
+    for _ in range(2):  # the second time on the same registry: everything was unregistered
+        instrument(tracer_provider=tracer_provider, registry=registry)
+        await run_graph(Pipeline("chat").with_stage("ask", ask).build())
+        counted.append(registry.get_sample_value("stageflow_provider_calls_total", labels))
+        uninstrument()
+
+    assert (
+        span_tree(exporter.get_finished_spans())
+        == [
+            "pipeline.run chat",
+            "  stage.run ask",
+            "    chat gpt-mock",
+        ]
+        * 2
+    )
+    labels = {"operation": "chat", "provider": "mock", "model": "gpt-mock", "status": "ok"}
+    assert registry.get_sample_value("stageflow_provider_calls_total", labels) is None
