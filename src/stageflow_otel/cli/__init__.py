@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import _files
+from ._arguments import positive_int
 from ._errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandFailed, UsageError
 from ._runs import add_run_commands, add_store_options, store_for_session
 
@@ -48,16 +49,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _port(text: str) -> int:
@@ -174,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with tracing, metrics and logs, then print the trace of the last run.",
     )
     demo.add_argument(
-        "--runs", type=_positive_int, default=3, metavar="N", help="how many runs (default: 3)"
+        "--runs", type=positive_int, default=3, metavar="N", help="how many runs (default: 3)"
     )
     demo.add_argument(
         "--dask",
@@ -204,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", metavar="JSON", help="run input: a JSON object, or @FILE holding one"
     )
     run.add_argument(
-        "--runs", type=_positive_int, default=1, metavar="N", help="how many runs (default: 1)"
+        "--runs", type=positive_int, default=1, metavar="N", help="how many runs (default: 1)"
     )
     add_store_options(run)
     run.set_defaults(handler=_run)
@@ -238,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write it (default: TRACE_FILE with the suffix .html)",
     )
     timeline.add_argument(
-        "--last", type=_positive_int, metavar="N", help="only the last N traces of the file"
+        "--last", type=positive_int, metavar="N", help="only the last N traces of the file"
     )
     timeline.set_defaults(handler=_timeline)
     _files.add_file_commands(commands, common)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._arguments import positive_int
 from ._errors import EXIT_OK, CommandFailed, UsageError
 
 if TYPE_CHECKING:
@@ -123,16 +124,6 @@ def parse_since(text: str, *, now: _dt.datetime | None = None) -> _dt.datetime:
     return value if value.tzinfo is not None else value.astimezone()
 
 
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_run_commands(
     commands: Any,
     common: argparse.ArgumentParser,
@@ -169,7 +160,7 @@ def add_run_commands(
         help="only runs started since: a duration ago (30m, 2h, 7d) or an ISO date/time",
     )
     runs.add_argument(
-        "--limit", type=_limit, default=20, metavar="N", help="at most N runs (default: 20)"
+        "--limit", type=positive_int, default=20, metavar="N", help="at most N runs (default: 20)"
     )
     runs.add_argument(
         "--jaeger-url",

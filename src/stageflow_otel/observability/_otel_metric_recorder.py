@@ -10,6 +10,7 @@ attaches exemplars to them from the current span where its exemplar filter allow
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from stageflow_otel._version import package_version
@@ -51,7 +52,32 @@ if TYPE_CHECKING:
         ToolOutcome,
     )
 
-__all__ = ("OtelMetricRecorder",)
+__all__ = ("OtelMetricRecorder", "instrument")
+
+
+def instrument(
+    meter: Any,
+    spec: MetricSpec,
+    kind: str,
+    *,
+    unit: str = "s",
+    buckets: Sequence[float] = DURATION_BUCKETS,
+) -> Any:
+    """The OpenTelemetry instrument of a contract metric.
+
+    ``kind`` is ``counter``, ``up_down_counter`` or ``histogram`` (in ``unit``, with
+    ``buckets`` as its advised boundaries).
+    """
+    if kind == "counter":
+        return meter.create_counter(spec.name, description=spec.description)
+    if kind == "up_down_counter":
+        return meter.create_up_down_counter(spec.name, description=spec.description)
+    return meter.create_histogram(
+        spec.name,
+        unit=unit,
+        description=spec.description,
+        explicit_bucket_boundaries_advisory=list(buckets),
+    )
 
 
 class OtelMetricRecorder(Recorder):
@@ -65,21 +91,15 @@ class OtelMetricRecorder(Recorder):
     def __init__(self, meter_provider: MeterProvider, labels: LabelGuard) -> None:
         meter = meter_provider.get_meter("stageflow_otel", package_version())
         self.labels = labels
-        buckets = list(DURATION_BUCKETS)
 
         def counter(spec: MetricSpec) -> Any:
-            return meter.create_counter(spec.name, description=spec.description)
+            return instrument(meter, spec, "counter")
 
         def up_down_counter(spec: MetricSpec) -> Any:
-            return meter.create_up_down_counter(spec.name, description=spec.description)
+            return instrument(meter, spec, "up_down_counter")
 
         def histogram(spec: MetricSpec) -> Any:
-            return meter.create_histogram(
-                spec.name,
-                unit="s",
-                description=spec.description,
-                explicit_bucket_boundaries_advisory=buckets,
-            )
+            return instrument(meter, spec, "histogram")
 
         self.pipeline_runs = counter(PIPELINE_RUNS)
         self.pipeline_duration = histogram(PIPELINE_DURATION)

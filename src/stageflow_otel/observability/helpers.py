@@ -39,6 +39,7 @@ from stageflow_otel.helpers.streaming import ChunkQueue, StreamStatistics
 from stageflow_otel.helpers.tracking import MEMORY_EVENT
 
 from . import attributes as attr
+from ._otel_metric_recorder import instrument
 from .metrics import DURATION_BUCKETS, LabelGuard, MetricSpec
 from .records import current_run, current_stage
 from .sinks import _SinkMetrics
@@ -235,20 +236,14 @@ class _Mirrored:
         self.labelnames = spec.labels
         self.lock = threading.Lock()
         self.readers: dict[tuple[tuple[str, str], ...], Callable[[], float]] = {}
-        if kind == "counter":
-            self.instrument = meter.create_counter(spec.name, description=spec.description)
-        elif kind == "gauge":  # read when collected, as Prometheus reads it when scraped
+        if kind == "gauge":  # read when collected, as Prometheus reads it when scraped
             self.instrument = meter.create_observable_gauge(
                 spec.name, callbacks=[self._observe], description=spec.description
             )
+        elif spec is STAGE_MEMORY_PEAK:
+            self.instrument = instrument(meter, spec, kind, unit="By", buckets=BYTE_BUCKETS)
         else:
-            buckets = BYTE_BUCKETS if spec is STAGE_MEMORY_PEAK else DURATION_BUCKETS
-            self.instrument = meter.create_histogram(
-                spec.name,
-                unit="By" if spec is STAGE_MEMORY_PEAK else "s",
-                description=spec.description,
-                explicit_bucket_boundaries_advisory=list(buckets),
-            )
+            self.instrument = instrument(meter, spec, kind)
 
     def labels(self, *values: str) -> _MirroredSeries:
         return _MirroredSeries(

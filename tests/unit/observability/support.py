@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from prometheus_client import CollectorRegistry
 
@@ -122,4 +123,17 @@ def series(registry: CollectorRegistry, sample: str) -> dict[str, float]:
             if item.name == sample:
                 key = ",".join(f"{k}={v}" for k, v in sorted(item.labels.items()))
                 found[key] = item.value
+    return found
+
+
+def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    """The data points of a collection of the ``stageflow_otel`` meter, by metric name."""
+    found: dict[str, list[Any]] = {}
+    data = reader.get_metrics_data()
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            assert scope.scope.name == "stageflow_otel"
+            for metric in scope.metrics:
+                found.setdefault(metric.name, []).extend(metric.data.data_points)
     return found

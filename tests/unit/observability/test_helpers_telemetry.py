@@ -39,7 +39,7 @@ from stageflow_otel.helpers import (
 from stageflow_otel.observability.helpers import HelperTelemetry
 from stageflow_otel.testing import InMemoryTelemetry, in_memory_telemetry
 
-from .support import ok_stage, run_graph
+from .support import ok_stage, points, run_graph
 
 pytestmark = pytest.mark.anyio
 
@@ -438,15 +438,3 @@ async def test_with_a_meter_provider_the_helper_metrics_go_through_it_too() -> N
     assert value("stageflow_stream_chunks", queue="tokens", result="delivered").value == 1
     assert value("stageflow_stream_queue_depth", queue="tokens").value == 0
     assert value("stageflow_stream_first_chunk_seconds", queue="tokens").count == 1
-
-
-def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
-    """The data points of a collection, by metric name."""
-    found: dict[str, list[Any]] = {}
-    data = reader.get_metrics_data()
-    assert data is not None
-    for resource in data.resource_metrics:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                found.setdefault(metric.name, []).extend(metric.data.data_points)
-    return found

@@ -18,22 +18,9 @@ from stageflow_otel.observability import Telemetry
 from stageflow_otel.observability.metrics import DURATION_BUCKETS
 from stageflow_otel.testing import in_memory_telemetry
 
-from .support import RETRY_ONCE, fails_once, ok_stage, raising_stage, run_graph
+from .support import RETRY_ONCE, fails_once, ok_stage, points, raising_stage, run_graph
 
 pytestmark = pytest.mark.anyio
-
-
-def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
-    """Data points by metric name."""
-    found: dict[str, list[Any]] = {}
-    data = reader.get_metrics_data()
-    assert data is not None
-    for resource in data.resource_metrics:
-        for scope in resource.scope_metrics:
-            assert scope.scope.name == "stageflow_otel"
-            for metric in scope.metrics:
-                found.setdefault(metric.name, []).extend(metric.data.data_points)
-    return found
 
 
 def value(found: dict[str, list[Any]], name: str, **attributes: str) -> Any:
