@@ -186,16 +186,17 @@ class RunState:
 
     # -- events -----------------------------------------------------------------------------
 
-    def emit(self, type: str, data: dict[str, Any]) -> None:
+    def emit(self, type: str, data: dict[str, Any], flat: bool = False) -> None:
         """Send one event to the run's observers and sinks; a sink that raises is dropped.
 
-        ``data`` becomes the event's fields (with the run id and pipeline name added).
+        ``data`` becomes the event's fields (with the run id and pipeline name added);
+        ``flat`` says the engine built them all as flat attribute values (:attr:`Event.flat`).
         """
         if not self.emitting and type not in self.observed_types:
             return
         data["pipeline_run_id"] = self.run_id
         data["pipeline"] = self.name
-        event = Event(type, data, _time_ns())
+        event = Event(type, data, _time_ns(), flat)
         for observe in self.observers:
             try:
                 observe(event)
@@ -487,6 +488,7 @@ class RunState:
                     "pipeline_run_id": self.run_id,
                     "pipeline": self.name,
                 },
+                True,
             )
         try:
             blocked = self.blocked_by.get(name) if self.blocked_by else None
@@ -537,6 +539,7 @@ class RunState:
             "pipeline_run_id": self.run_id,
             "pipeline": self.name,
         }
+        flat = False  # the reasons and errors below are the stage's own values
         if status is _FAIL:
             payload["error"] = output.error
             payload["error_type"] = error_type_of(output)
@@ -546,6 +549,7 @@ class RunState:
             payload["reason"] = output.data.get("cancel_reason")
         else:
             payload["data_keys"] = sorted(map(str, output.data)) if output.data else []
+            flat = True
         for event in output.events:
             self.emit(event.type, {**event.data, "stage": name})
         for artifact in output.artifacts:
@@ -553,7 +557,7 @@ class RunState:
                 "stage.artifact",
                 {"stage": name, "artifact_type": artifact.type, "payload": dict(artifact.payload)},
             )
-        self.emit(_COMPLETION_EVENT[status], payload)
+        self.emit(_COMPLETION_EVENT[status], payload, flat)
         if self.wide is not None and self.graph.emit_stage_wide_events:
             self.emit(
                 self.wide.stage_event_type,

@@ -66,11 +66,16 @@ class Event:
         trace_flags: That span's W3C trace flags (bit 0: sampled).
         trace_context: What the run hook that set the trace context keeps with it (the
             tracing library's own context object); opaque to the engine, ``None`` without one.
+        flat: True when every field is already a flat attribute value (``str``, ``bool``,
+            ``int``, ``float``, or a list of ``str``; never ``None``), as the engine builds its
+            own lifecycle events: a sink may then use :attr:`fields` as attributes unchanged.
+            False (the default) means nothing; the sink checks.
     """
 
     __slots__ = (
         "_data",
         "fields",
+        "flat",
         "span_id",
         "time_ns",
         "trace_context",
@@ -79,9 +84,12 @@ class Event:
         "type",
     )
 
-    def __init__(self, type: str, fields: dict[str, Any], time_ns: int | None = None) -> None:
+    def __init__(
+        self, type: str, fields: dict[str, Any], time_ns: int | None = None, flat: bool = False
+    ) -> None:
         self.type = type
         self.fields = fields
+        self.flat = flat
         self.time_ns: int | None = time.time_ns() if time_ns is None else time_ns
         self.trace_id = 0
         self.span_id = 0
@@ -95,6 +103,7 @@ class Event:
         event = cls.__new__(cls)
         event.type = type
         event.fields = data  # type: ignore[assignment]
+        event.flat = False
         event.time_ns = None
         event.trace_id = event.span_id = event.trace_flags = 0
         event.trace_context = None

@@ -401,7 +401,10 @@ def _log_record(event: Event, contexts: dict[Any, Any], observed: int) -> LogRec
         fields = event.data
         timestamp = _timestamp_ns(fields.get("timestamp"))
         trace_of = _payload_trace(fields, contexts)
-    attributes, body = _attributes_and_body(fields)
+    if event.flat:  # the engine's own flat fields: attributes and body as they are
+        attributes = body = fields
+    else:
+        attributes, body = _attributes_and_body(fields)
     return _make_log_record(  # type: ignore[no-any-return]
         timestamp, trace_of, severity, text, body, attributes, type, observed
     )

@@ -32,6 +32,7 @@ from stageflow_otel.core import (
     StageOutput,
     StageReturn,
 )
+from stageflow_otel.core.events import Event
 from tests.unit.core.support import run
 
 pytestmark = pytest.mark.anyio
@@ -472,3 +473,64 @@ async def test_wide_events_are_off_by_default() -> None:
     sink = CollectingEventSink()
     await run(Pipeline("p").with_stage("a", noop).build(hooks=[], event_sink=sink))
     assert not any(t.endswith(".wide") for t in sink.types)
+
+
+class TypedSink:
+    """Receives the typed events, as the OpenTelemetry log sink does."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def try_emit_event(self, event: Event) -> None:
+        self.events.append(event)
+
+    def try_emit(self, *, type: str, data: Mapping[str, Any]) -> None:
+        raise AssertionError("a typed sink receives typed events")
+
+    async def emit(self, *, type: str, data: Mapping[str, Any]) -> None:
+        raise AssertionError("a typed sink receives typed events")
+
+
+FLAT_SCALARS = (str, bool, int, float)
+
+
+def is_flat_value(value: object) -> bool:
+    if type(value) is list:
+        return all(type(item) is str for item in value)
+    return type(value) in FLAT_SCALARS
+
+
+async def test_the_engine_marks_only_events_whose_fields_are_all_flat_values() -> None:
+    sink = TypedSink()
+
+    async def load(ctx: StageContext) -> StageReturn:
+        return {"b": None, "a": [1, {"x": 2}]}  # the values stay out of the event
+
+    async def broken(ctx: StageContext) -> StageReturn:
+        raise ValueError({"not": "text"})
+
+    async def skipped(ctx: StageContext) -> StageReturn:
+        return StageOutput.skip(reason={"why": ["a", 1]})  # type: ignore[arg-type]
+
+    pipeline = (
+        Pipeline("flat")
+        .with_stage("load", load)
+        .with_stage("broken", broken)
+        .with_stage("skipped", skipped)
+        .with_stage("empty", noop)
+    )
+    with pytest.raises(StageExecutionError):
+        await run(pipeline.build(hooks=[], event_sink=sink, failure_mode="continue"))
+
+    flat = {(e.type, e.fields.get("stage")) for e in sink.events if e.flat}
+    assert flat == {
+        *(("stage.started", name) for name in ("load", "broken", "skipped", "empty")),
+        ("stage.completed", "load"),
+        ("stage.completed", "empty"),
+    }
+    for event in sink.events:
+        if event.flat:
+            assert all(is_flat_value(v) for v in event.fields.values()), event
+    completed = {e.fields["stage"]: e.fields for e in sink.events if e.type == "stage.completed"}
+    assert completed["load"]["data_keys"] == ["a", "b"]
+    assert not Event.from_payload("stage.started", {"stage": "x"}).flat

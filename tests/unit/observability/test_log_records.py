@@ -51,3 +51,14 @@ def test_another_api_layout_falls_back_to_the_constructors(
         sinks._constructed_log_record,
         sinks._constructed_readable,
     )
+
+
+def test_a_flat_event_gives_the_record_its_fields_would_give_when_checked() -> None:
+    fields = {"stage": "a", "status": "ok", "attempt": 1, "duration_ms": 0.5, "data_keys": ["x"]}
+    flat = Event("stage.completed", dict(fields), 5, flat=True)
+    checked = Event("stage.completed", dict(fields), 5)
+    made = [sinks._log_record(event, {}, 9) for event in (flat, checked)]
+
+    assert made[0].attributes is flat.fields  # used as they are, not copied
+    assert dict(made[0].attributes or {}) == dict(made[1].attributes or {}) == fields
+    assert made[0].body == made[1].body == fields
