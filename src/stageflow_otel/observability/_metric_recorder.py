@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .metrics import StageflowMetrics, adder, observe
+from .metrics import StageflowMetrics, adder, observer
 from .recorders import Recorder
 from .records import current_run
 
@@ -41,7 +41,7 @@ class MetricRecorder(Recorder):
         label = run.metric_pipeline = metrics.pipeline_label(run.pipeline)
         metrics.pipeline_active.labels(label).inc()
         run.active_series = adder(metrics.stages_active.labels(label))
-        run.queue_wait_series = metrics.stage_queue_wait.labels(label)
+        run.queue_wait_series = observer(metrics.stage_queue_wait.labels(label))
 
     def run_ended(self, run: RunRecord, outcome: RunOutcome) -> None:
         """Count and time the run."""
@@ -57,7 +57,7 @@ class MetricRecorder(Recorder):
         series = stage.series = self.metrics.stage_series(run.metric_pipeline, stage.name)
         stage.metric_stage = series.label
         run.active_series(1)
-        observe(run.queue_wait_series, call.queue_wait_s)
+        run.queue_wait_series(call.queue_wait_s)
 
     def stage_ended(self, stage: StageRecord, call: StageCall, outcome: StageOutcome) -> None:
         """Count and time the stage, with an exemplar of its span."""

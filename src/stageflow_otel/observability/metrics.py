@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -26,6 +27,7 @@ from ._compact_metrics import (
     CompactCounter,
     CompactHistogram,
     CounterSeries,
+    HistogramSeries,
     compact_metrics_supported,
 )
 
@@ -174,15 +176,15 @@ def _histogram(spec: MetricSpec) -> Histogram:
     )
 
 
-def _per_stage_counter(spec: MetricSpec) -> CompactCounter | Counter:
-    """A counter with a series per stage: compact unless in multiprocess mode."""
+def _compact_counter(spec: MetricSpec) -> CompactCounter | Counter:
+    """A counter on every stage's path: compact unless in multiprocess mode."""
     if compact_metrics_supported():
         return CompactCounter(spec.name, spec.description, spec.labels)
     return _counter(spec)
 
 
-def _per_stage_histogram(spec: MetricSpec) -> CompactHistogram | Histogram:
-    """A histogram with a series per stage: compact unless in multiprocess mode."""
+def _compact_histogram(spec: MetricSpec) -> CompactHistogram | Histogram:
+    """A histogram on every stage's path: compact unless in multiprocess mode."""
     if compact_metrics_supported():
         return CompactHistogram(spec.name, spec.description, spec.labels, DURATION_BUCKETS)
     return _histogram(spec)
@@ -300,10 +302,11 @@ class StageflowMetrics(LabelGuard):
         self.pipeline_runs = _counter(PIPELINE_RUNS)
         self.pipeline_duration = _histogram(PIPELINE_DURATION)
         self.pipeline_active = _gauge(PIPELINE_ACTIVE)
-        # A series per stage: the compact kind, which keeps a series in one object.
-        self.stage_runs = _per_stage_counter(STAGE_RUNS)
-        self.stage_duration = _per_stage_histogram(STAGE_DURATION)
-        self.stage_queue_wait = _histogram(STAGE_QUEUE_WAIT)
+        # Fed by every stage: the compact kind, which keeps a series in one object (and the
+        # per-stage ones have a series per stage) and observes without a lock per bucket.
+        self.stage_runs = _compact_counter(STAGE_RUNS)
+        self.stage_duration = _compact_histogram(STAGE_DURATION)
+        self.stage_queue_wait = _compact_histogram(STAGE_QUEUE_WAIT)
         self.stages_active = _gauge(STAGES_ACTIVE)
         self.stage_retries = _counter(STAGE_RETRIES)
         self.interceptor_duration = _histogram(INTERCEPTOR_DURATION)
@@ -436,6 +439,16 @@ def adder(child: Any) -> Any:
     value = getattr(child, "_value", None)
     inc = getattr(value, "inc", None)
     return inc if callable(inc) else child.inc
+
+
+def observer(child: Any) -> Callable[[float], None]:
+    """A callable observing an amount in a histogram child, minus its per-call checks.
+
+    A compact series' own ``observe``; :func:`observe` for a ``prometheus_client`` child.
+    """
+    if isinstance(child, HistogramSeries):
+        return child.observe
+    return functools.partial(observe, child)
 
 
 def observe(child: Any, amount: float) -> None:

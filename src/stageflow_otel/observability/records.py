@@ -50,7 +50,8 @@ class RunRecord:
         metric_pipeline: The bounded ``pipeline`` label (the metric recorder's).
         active_series: Adds to the run's ``stageflow_stages_active`` child (the metric
             recorder's).
-        queue_wait_series: The run's ``stageflow_stage_queue_wait_seconds`` child (ditto).
+        queue_wait_series: Observes in the run's ``stageflow_stage_queue_wait_seconds`` child
+            (ditto).
         canonical: Where the run's canonical lines go (the log recorder's).
     """
 

@@ -186,7 +186,7 @@ _SEVERITY = {
 
 def event_to_log_record(type: str, data: Mapping[str, Any]) -> LogRecord:
     """The OpenTelemetry log record of one event given as its contract payload."""
-    return _log_record(Event.from_payload(type, data), {}, time.time_ns())
+    return _record(Event.from_payload(type, data), {}, time.time_ns(), _NO_RESOURCE).log_record
 
 
 _PLAIN = frozenset({str, bool, int, float})
@@ -275,23 +275,35 @@ _RECORD_FIELDS = (
 _READABLE_FIELDS = ("log_record", "resource", "instrumentation_scope", "limits")
 
 
-class _SlottedLogRecord(LogRecord):
-    """The API's ``LogRecord`` with its fields in slots: one object per record, no ``__dict__``.
+class _EventLogRecord(ReadableLogRecord, LogRecord):
+    """One exported event: a ``ReadableLogRecord`` that is its own ``LogRecord``.
 
-    Made only by :func:`_direct_log_record`, and only when the installed API's ``LogRecord``
-    has exactly these fields (checked at import); exporters see a ``LogRecord`` as usual.
+    One slotted object per record instead of two, with its fields set directly: exporters read
+    ``record.log_record.body``, ``record.resource``, ``record.to_json()`` as usual (``log_record``
+    is the record itself). Made only by :func:`_direct_record`, and only when the installed
+    API's ``LogRecord`` and SDK's ``ReadableLogRecord`` have exactly these fields (checked at
+    import). Unlike the SDK's frozen ``ReadableLogRecord``, its fields can be set (the SDK's
+    ``Logger.emit`` sets a ``LogRecord``'s attributes); it equals only itself.
     """
 
-    __slots__ = _RECORD_FIELDS
+    __slots__ = (*_RECORD_FIELDS, *_READABLE_FIELDS[1:])
+
+    # The generic attribute access of ``object``, not the frozen dataclass's: set directly.
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    @property
+    def log_record(self) -> LogRecord:
+        """The record itself."""
+        return self
+
+    def __repr__(self) -> str:
+        return f"<log record {self.event_name!r} at {self.timestamp}>"
 
 
-class _SlottedReadableLogRecord(ReadableLogRecord):
-    """The SDK's ``ReadableLogRecord`` with its fields in slots (see :class:`_SlottedLogRecord`)."""
-
-    __slots__ = _READABLE_FIELDS
-
-
-def _direct_log_record(
+def _direct_record(
     timestamp: int,
     trace_of: TraceOf,
     severity: SeverityNumber,
@@ -300,9 +312,10 @@ def _direct_log_record(
     attributes: Mapping[str, Any],
     type: str,
     observed: int,
-) -> LogRecord:
-    """A ``LogRecord`` with the fields its constructor would set, set directly (4x cheaper)."""
-    record: LogRecord = _new_object(_SlottedLogRecord)
+    resource: Resource,
+) -> ReadableLogRecord:
+    """What :func:`_constructed_record` makes, as one object with its fields set directly."""
+    record = _new_object(_EventLogRecord)
     record.context, record.trace_id, record.span_id, record.trace_flags = trace_of
     record.timestamp = timestamp
     record.observed_timestamp = observed
@@ -312,24 +325,13 @@ def _direct_log_record(
     record.attributes = attributes
     record.event_name = type
     record.exception = None
-    return record
+    record.resource = resource
+    record.instrumentation_scope = _SCOPE
+    record.limits = None
+    return record  # type: ignore[no-any-return]
 
 
-def _direct_readable(record: LogRecord, resource: Resource) -> ReadableLogRecord:
-    """``ReadableLogRecord(log_record=record, resource=resource, instrumentation_scope=...)``."""
-    readable: ReadableLogRecord = _new_object(_SlottedReadableLogRecord)
-    _set_field(readable, "log_record", record)
-    _set_field(readable, "resource", resource)
-    _set_field(readable, "instrumentation_scope", _SCOPE)
-    _set_field(readable, "limits", None)
-    return readable
-
-
-def _constructed_readable(record: LogRecord, resource: Resource) -> ReadableLogRecord:
-    return ReadableLogRecord(log_record=record, resource=resource, instrumentation_scope=_SCOPE)
-
-
-def _constructed_log_record(
+def _constructed_record(
     timestamp: int,
     trace_of: TraceOf,
     severity: SeverityNumber,
@@ -338,8 +340,10 @@ def _constructed_log_record(
     attributes: Mapping[str, Any],
     type: str,
     observed: int,
-) -> LogRecord:
-    return LogRecord(
+    resource: Resource,
+) -> ReadableLogRecord:
+    """The record as the API's and SDK's constructors make it."""
+    log_record = LogRecord(
         timestamp=timestamp,
         observed_timestamp=observed,
         context=trace_of[0],
@@ -349,42 +353,51 @@ def _constructed_log_record(
         attributes=attributes,
         event_name=type,
     )
+    return ReadableLogRecord(log_record=log_record, resource=resource, instrumentation_scope=_SCOPE)
 
 
-def _choose_record_factories() -> tuple[Any, Any]:
-    """The direct factories, if they make what the installed API's and SDK's constructors make.
+def _same_record(made: ReadableLogRecord, direct: ReadableLogRecord) -> bool:
+    """Whether ``direct`` has every field ``made`` has, with the same values."""
+    if type(made) is not ReadableLogRecord or type(made.log_record) is not LogRecord:
+        return False
+    if set(vars(made.log_record)) != set(_RECORD_FIELDS):
+        return False
+    if tuple(field.name for field in dataclasses.fields(made)) != _READABLE_FIELDS:
+        return False
+    return (
+        all(getattr(made.log_record, f) == getattr(direct.log_record, f) for f in _RECORD_FIELDS)
+        and all(getattr(made, f) == getattr(direct, f) for f in _READABLE_FIELDS[1:])
+        and made.to_json() == direct.to_json()
+    )
 
-    Otherwise (another API or SDK version, a surprise of any kind) the constructors.
+
+def _choose_record_factory() -> Any:
+    """:func:`_direct_record`, if it makes what the installed API's and SDK's constructors make.
+
+    Otherwise (another API or SDK version, a surprise of any kind) :func:`_constructed_record`.
     """
     probe = Event("probe", {})
     probe.trace_id, probe.span_id, probe.trace_flags = 1, 2, 1
     resource = Resource.create({})
     try:
         for trace_of in (_typed_trace(probe, {}), _NO_TRACE):
-            args = (3, trace_of, SeverityNumber.INFO, "INFO", {"a": 1}, {"a": 1}, "p", 4)
-            made, direct = _constructed_log_record(*args), _direct_log_record(*args)
-            if type(made) is not LogRecord or set(vars(made)) != set(_RECORD_FIELDS):
-                return _constructed_log_record, _constructed_readable
-            if any(getattr(made, f) != getattr(direct, f) for f in _RECORD_FIELDS):
-                return _constructed_log_record, _constructed_readable
-            readable = _constructed_readable(made, resource)
-            if tuple(f.name for f in dataclasses.fields(readable)) != _READABLE_FIELDS:
-                return _constructed_log_record, _constructed_readable
-            direct_readable = _direct_readable(made, resource)
-            if any(getattr(readable, f) != getattr(direct_readable, f) for f in _READABLE_FIELDS):
-                return _constructed_log_record, _constructed_readable
+            args = (3, trace_of, SeverityNumber.INFO, "INFO", {"a": 1}, {"a": 1}, "p", 4, resource)
+            if not _same_record(_constructed_record(*args), _direct_record(*args)):
+                return _constructed_record
     except Exception:  # any surprise: the constructors it is
-        return _constructed_log_record, _constructed_readable
-    return _direct_log_record, _direct_readable
+        return _constructed_record
+    return _direct_record
 
 
 _new_object: Any = object.__new__
-_set_field = object.__setattr__
-_make_log_record, _make_readable = _choose_record_factories()
+_make_record = _choose_record_factory()
+_NO_RESOURCE = Resource.get_empty()
 
 
-def _log_record(event: Event, contexts: dict[Any, Any], observed: int) -> LogRecord:
-    """The log record of an event.
+def _record(
+    event: Event, contexts: dict[Any, Any], observed: int, resource: Resource
+) -> ReadableLogRecord:
+    """The log record of an event, with ``resource``.
 
     A typed event gives its time and trace context as they are; an event made from a payload
     (``try_emit(type=..., data=...)``) has them parsed from the payload's text. Either way the
@@ -405,8 +418,8 @@ def _log_record(event: Event, contexts: dict[Any, Any], observed: int) -> LogRec
         attributes = body = fields
     else:
         attributes, body = _attributes_and_body(fields)
-    return _make_log_record(  # type: ignore[no-any-return]
-        timestamp, trace_of, severity, text, body, attributes, type, observed
+    return _make_record(  # type: ignore[no-any-return]
+        timestamp, trace_of, severity, text, body, attributes, type, observed, resource
     )
 
 
@@ -435,14 +448,13 @@ class _LogRecordExport:
         try:
             contexts: dict[Any, Any] = {}
             observed = time.time_ns()  # the batch is observed at once
-            records = [_log_record(event, contexts, observed) for event in batch]
+            resource = self.resource
+            records = [_record(event, contexts, observed, resource) for event in batch]
             if self.logger is not None:
                 for record in records:
-                    self.logger.emit(record)
+                    self.logger.emit(record.log_record)
             if self.exporter is not None:
-                resource = self.resource
-                readable = [_make_readable(record, resource) for record in records]
-                result = self.exporter.export(readable)
+                result = self.exporter.export(records)
                 return getattr(result, "name", "SUCCESS") == "SUCCESS"
             return True
         finally:

@@ -19,9 +19,8 @@ def typed_event() -> Event:
     return event
 
 
-def test_the_installed_sdk_gets_the_direct_factories() -> None:
-    assert sinks._make_log_record is sinks._direct_log_record
-    assert sinks._make_readable is sinks._direct_readable
+def test_the_installed_sdk_gets_the_direct_factory() -> None:
+    assert sinks._make_record is sinks._direct_record
 
 
 @pytest.mark.parametrize("traced", [True, False])
@@ -30,11 +29,13 @@ def test_a_direct_record_exports_exactly_like_a_constructed_one(traced: bool) ->
     trace_of = sinks._typed_trace(event, {})
     resource = Resource.create({"service.name": "t"})
     args = (7, trace_of, SeverityNumber.INFO, "INFO", event.fields, event.fields, event.type, 9)
-    direct = sinks._direct_readable(sinks._direct_log_record(*args), resource)
-    made = sinks._constructed_readable(sinks._constructed_log_record(*args), resource)
+    direct = sinks._direct_record(*args, resource)
+    made = sinks._constructed_record(*args, resource)
 
     assert isinstance(direct, ReadableLogRecord)
     assert isinstance(direct.log_record, LogRecord)
+    assert direct.resource is made.resource is resource
+    assert direct.instrumentation_scope == made.instrumentation_scope
     documents = [json.loads(r.to_json()) for r in (direct, made)]
     assert documents[0] == documents[1]
     assert (direct.log_record.trace_id, direct.log_record.span_id) == (
@@ -42,22 +43,42 @@ def test_a_direct_record_exports_exactly_like_a_constructed_one(traced: bool) ->
     )
 
 
+def test_a_direct_record_is_one_object_that_equals_only_itself() -> None:
+    args = (7, sinks._NO_TRACE, SeverityNumber.INFO, "INFO", {"a": 1}, {"a": 1}, "t", 9)
+    record = sinks._direct_record(*args, Resource.get_empty())
+    twin = sinks._direct_record(*args, Resource.get_empty())
+
+    itself: object = record.log_record
+    assert itself is record
+    assert record == itself
+    assert record != twin
+    assert len({record, twin}) == 2
+    assert "'t'" in repr(record)
+    record.log_record.attributes = {"b": 2}  # as the SDK's Logger.emit does
+    assert record.log_record.attributes == {"b": 2}
+
+
 def test_another_api_layout_falls_back_to_the_constructors(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(sinks, "_RECORD_FIELDS", (*sinks._RECORD_FIELDS, "severity_code"))
 
-    assert sinks._choose_record_factories() == (
-        sinks._constructed_log_record,
-        sinks._constructed_readable,
-    )
+    assert sinks._choose_record_factory() is sinks._constructed_record
+
+
+def test_another_sdk_layout_falls_back_to_the_constructors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sinks, "_READABLE_FIELDS", (*sinks._READABLE_FIELDS, "dropped"))
+
+    assert sinks._choose_record_factory() is sinks._constructed_record
 
 
 def test_a_flat_event_gives_the_record_its_fields_would_give_when_checked() -> None:
     fields = {"stage": "a", "status": "ok", "attempt": 1, "duration_ms": 0.5, "data_keys": ["x"]}
     flat = Event("stage.completed", dict(fields), 5, flat=True)
     checked = Event("stage.completed", dict(fields), 5)
-    made = [sinks._log_record(event, {}, 9) for event in (flat, checked)]
+    made = [sinks._record(e, {}, 9, Resource.get_empty()).log_record for e in (flat, checked)]
 
     assert made[0].attributes is flat.fields  # used as they are, not copied
     assert dict(made[0].attributes or {}) == dict(made[1].attributes or {}) == fields
