@@ -21,6 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from itertools import islice
 from typing import TYPE_CHECKING, Literal
 
 from ._queue import DROPPED_SHUTDOWN, EventQueue, FlushRequest
@@ -282,8 +283,11 @@ class BatchWorker:
     def _take_locked(self, size: int) -> Export:
         queue = self._queue
         take = min(size, queue.batch_size)
-        popleft = queue.events.popleft
-        batch = tuple(popleft() for _ in range(take))
+        events = queue.events
+        batch = tuple(islice(events, take))  # in C: no Python step per event
+        rest = tuple(islice(events, take, None)) if take < len(events) else ()
+        events.clear()
+        events.extend(rest)
         job = self.current = Export(batch, queue.removed, self._clock())
         queue.removed += take
         return job

@@ -66,6 +66,12 @@ _SKIP = StageStatus.SKIP
 _perf = time.perf_counter
 _time_ns = time.time_ns
 
+
+def _round_ms(ms: float) -> float:
+    """``round(ms, 3)`` (to the microsecond), in half the time for the durations it rounds."""
+    return int(ms * 1000.0 + 0.5) / 1000.0 if 0.0 <= ms < 1e12 else round(ms, 3)
+
+
 _COMPLETION_EVENT = {
     StageStatus.OK: "stage.completed",
     StageStatus.FAIL: "stage.failed",
@@ -483,7 +489,7 @@ class RunState:
                     "stage": name,
                     "kind": spec.kind._value_,
                     "attempt": call.attempt,
-                    "queue_wait_ms": round(call.queue_wait_s * 1000, 3),
+                    "queue_wait_ms": _round_ms(call.queue_wait_s * 1000),
                     # Set again by ``emit``; here the dict is made at its final size.
                     "pipeline_run_id": self.run_id,
                     "pipeline": self.name,
@@ -516,7 +522,7 @@ class RunState:
                         "stage": name,
                         "status": "cancel",
                         "reason": output.data.get("cancel_reason"),
-                        "duration_ms": round((_perf() - call.started_at) * 1000, 3),
+                        "duration_ms": _round_ms((_perf() - call.started_at) * 1000),
                         "attempt": call.attempt,
                     },
                 )
@@ -534,7 +540,7 @@ class RunState:
         payload: dict[str, Any] = {
             "stage": name,
             "status": status._value_,
-            "duration_ms": round(output.duration_ms or 0.0, 3),
+            "duration_ms": _round_ms(output.duration_ms or 0.0),
             "attempt": call.attempt,
             "pipeline_run_id": self.run_id,
             "pipeline": self.name,

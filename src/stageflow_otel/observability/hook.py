@@ -48,6 +48,7 @@ from .records import (
     ToolOutcome,
     current_run,
     current_stage,
+    trace_ids_of,
 )
 
 __all__ = ("Redactor", "TelemetryHook")
@@ -342,13 +343,11 @@ class TelemetryHook(RunHook):
         stage = current_stage.get()
         context = otel_context.get_current()
         if stage is not None and context is stage.context:
-            span_context = stage.span_context
+            ids = stage.trace_ids
         else:
-            span_context = trace.get_current_span(context).get_span_context()
-        if span_context.is_valid:
-            event.trace_id = span_context.trace_id
-            event.span_id = span_context.span_id
-            event.trace_flags = span_context.trace_flags
+            ids = trace_ids_of(trace.get_current_span(context).get_span_context())
+        if ids is not None:
+            event.trace_id, event.span_id, event.trace_flags = ids
             event.trace_context = context  # what a log record's ``context`` is
         if event.type == "stage.retrying" and stage is not None:
             self.spans.stage_retried(stage, event)

@@ -96,6 +96,13 @@ class RunRecord:
         return self.trace_hex, format(span_context.span_id, "016x")
 
 
+def trace_ids_of(span_context: trace.SpanContext) -> tuple[int, int, int] | None:
+    """``(trace_id, span_id, trace_flags)`` of a span context; ``None`` when it is not valid."""
+    if not span_context.is_valid:
+        return None
+    return span_context.trace_id, span_context.span_id, span_context.trace_flags
+
+
 class StageRecord:
     """One stage execution, as the recorders see it.
 
@@ -112,6 +119,7 @@ class StageRecord:
 
     __slots__ = (
         "_hex_ids",
+        "_trace_ids",
         "claimed",
         "context",
         "metric_stage",
@@ -132,6 +140,15 @@ class StageRecord:
         self.series: Any = None
         self.claimed: list[object] | None = None
         self._hex_ids: tuple[str, str] | None = None
+        self._trace_ids: tuple[int, ...] | None = None  # () once read: not traced
+
+    @property
+    def trace_ids(self) -> tuple[int, ...] | None:
+        """``(trace_id, span_id, trace_flags)`` of the stage span, read once; ``None`` untraced."""
+        ids = self._trace_ids
+        if ids is None:
+            ids = self._trace_ids = trace_ids_of(self.span_context) or ()
+        return ids or None
 
     @property
     def hex_ids(self) -> tuple[str, str] | None:
