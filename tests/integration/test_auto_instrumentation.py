@@ -256,16 +256,21 @@ def test_events_setting_selects_what_is_exported(
     assert run.report["event_sink"] is (setting != "none")
 
 
-def test_a_busy_default_metrics_port_falls_back_to_a_free_one(tmp_path: Path) -> None:
+def test_a_busy_default_metrics_port_falls_back_to_a_free_one_with_one_warning(
+    tmp_path: Path,
+) -> None:
     with busy_port(9464):
         run = run_app(tmp_path, {"STAGEFLOW_OTEL_SERVE_METRICS": "true"})
 
-    assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+    assert (run.returncode, run.stdout) == (0, "")
     assert run.report["installed"]
     [url] = run.report["metrics_urls"]
     assert run.report["fallback_from"] == [9464]
     assert not url.endswith(":9464/metrics")
     assert run.report["metrics_has_runs"]
+    # Whoever scrapes 9464 reaches the other process: the warning says where /metrics went.
+    [warning] = warnings_in(run.stderr)
+    assert warning.startswith(f"port 9464 is busy: stageflow metrics are served on {url} ")
 
 
 def _port_env(port: int) -> dict[str, str]:

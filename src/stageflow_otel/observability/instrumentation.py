@@ -10,20 +10,23 @@ or ``*``), also for the :func:`instrument` one-liner, and ``OTEL_LOGS_EXPORTER=n
 lifecycle events are exported as log records then).
 
 Instrumenting never breaks the application's start-up: it is all or nothing. When anything
-fails (an invalid ``STAGEFLOW_OTEL_*`` variable, a ``/metrics`` port that cannot be bound, a
-registry that already holds stageflow metrics), nothing stays installed, registered or
+fails (an invalid ``STAGEFLOW_OTEL_*`` variable, an explicit ``/metrics`` port that cannot be
+bound, a registry that already holds stageflow metrics), nothing stays installed, registered or
 started, and one :class:`InstrumentationWarning` names the cause; other instrumentations load
-as usual.
+as usual. When the default port 9464 is busy, ``/metrics`` is served on a free port and one
+:class:`InstrumentationWarning` gives its URL.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Collection
 from typing import Any
 
+import opentelemetry.instrumentation.instrumentor
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
     BaseInstrumentor,
 )
@@ -58,7 +61,26 @@ def _disabled_by_environment() -> str | None:
 
 
 class InstrumentationWarning(RuntimeWarning):
-    """Instrumentation could not be installed; the message says why. The application runs on."""
+    """Instrumentation is not installed as asked; the message says why. The application runs on.
+
+    Either nothing was installed (the cause is named), or ``/metrics`` is served on another
+    port than the busy default one (its URL is given).
+    """
+
+
+# Frames of these files are not the caller a warning is about.
+_OWN_FILES = (
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+    os.path.abspath(opentelemetry.instrumentation.instrumentor.__file__),
+)
+
+
+def _warn(message: str) -> None:
+    """One :class:`InstrumentationWarning`, shown at the first caller outside this package."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_OWN_FILES):
+        level, frame = level + 1, frame.f_back  # type: ignore[assignment]
+    warnings.warn(message, InstrumentationWarning, stacklevel=level + 1)
 
 
 def _configured_logger_provider() -> Any:
@@ -126,10 +148,9 @@ class StageflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             if serve if serve is not None else telemetry.settings.serve_metrics:
                 server = telemetry.serve_metrics(fallback=True)
                 if server.fallback_from is not None:
-                    logger.info(
-                        "stageflow metrics served on %s (port %d is busy)",
-                        server.url,
-                        server.fallback_from,
+                    _warn(
+                        f"port {server.fallback_from} is busy: stageflow metrics are served on "
+                        f"{server.url} instead (set STAGEFLOW_OTEL_METRICS_PORT to choose a port)"
                     )
                 else:
                     logger.info("stageflow metrics served on %s", server.url)
@@ -145,11 +166,7 @@ class StageflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             if telemetry is not None:
                 _discard(telemetry, self._helpers)
             self._helpers = None
-            warnings.warn(
-                f"stageflow instrumentation not installed: {exc}",
-                InstrumentationWarning,
-                stacklevel=4,
-            )
+            _warn(f"stageflow instrumentation not installed: {exc}")
             return
         self._telemetry = telemetry
 

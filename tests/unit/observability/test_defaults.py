@@ -307,8 +307,11 @@ def test_a_failed_instrument_leaves_nothing_and_can_be_retried(
     monkeypatch.setenv("STAGEFLOW_OTEL_METRICS_PORT", "0")
     monkeypatch.setenv("STAGEFLOW_OTEL_METRICS_ADDR", "192.0.2.1")  # not an address of ours
 
-    with pytest.warns(InstrumentationWarning, match=r"cannot serve /metrics on 192\.0\.2\.1:0"):
+    with pytest.warns(
+        InstrumentationWarning, match=r"cannot serve /metrics on 192\.0\.2\.1:0"
+    ) as warned:
         assert instrument(registry=registry) is None
+    assert [w.filename for w in warned] == [__file__]  # shown at the caller's line
 
     assert default_extensions.get(EXTENSION_KEY) is None
     assert list(registry.collect()) == []  # the metrics registered before the failure are gone
