@@ -67,8 +67,9 @@ class Event:
         trace_context: What the run hook that set the trace context keeps with it (the
             tracing library's own context object); opaque to the engine, ``None`` without one.
         flat: True when every field is already a flat attribute value (``str``, ``bool``,
-            ``int``, ``float``, or a list of ``str``; never ``None``), as the engine builds its
-            own lifecycle events: a sink may then use :attr:`fields` as attributes unchanged.
+            ``int``, ``float``, or a list of ``str``; never ``None``) and none is named
+            ``trace_id``, ``span_id`` or ``trace_flags``, as the engine builds its own
+            lifecycle events: a sink may then use :attr:`fields` as attributes unchanged.
             False (the default) means nothing; the sink checks.
     """
 

@@ -531,6 +531,7 @@ async def test_the_engine_marks_only_events_whose_fields_are_all_flat_values() -
     for event in sink.events:
         if event.flat:
             assert all(is_flat_value(v) for v in event.fields.values()), event
+            assert not {"trace_id", "span_id", "trace_flags"} & set(event.fields), event
     completed = {e.fields["stage"]: e.fields for e in sink.events if e.type == "stage.completed"}
     assert completed["load"]["data_keys"] == ["a", "b"]
     assert not Event.from_payload("stage.started", {"stage": "x"}).flat
