@@ -8,22 +8,20 @@ instrumentation into a report file (never to stdout, which the tests check is le
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.servers import CollectorServer, JaegerServer, wait_until
+from tests.support.servers import CollectorServer, JaegerServer, busy_port, wait_until
 
 INSTRUMENT = Path(sys.executable).with_name("opentelemetry-instrument")
 
@@ -172,23 +170,6 @@ def run_app(tmp_path: Path, env: Mapping[str, str]) -> Run:
     )
     data = json.loads(report.read_text()) if report.exists() else {}
     return Run(done.returncode, done.stdout, done.stderr, data)
-
-
-@contextlib.contextmanager
-def busy_port(port: int | None = None) -> Iterator[int]:
-    """A port on 127.0.0.1 that something else listens on."""
-    sock = socket.socket()
-    try:
-        try:
-            sock.bind(("127.0.0.1", port or 0))
-            sock.listen()
-        except OSError:
-            if port is None:
-                raise
-            # Already taken by another process: busy, which is all the test needs.
-        yield port or int(sock.getsockname()[1])
-    finally:
-        sock.close()
 
 
 def warnings_in(stderr: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,9 +22,16 @@ def test_a_duration_is_rounded_to_the_nearest_microsecond(ms: float) -> None:
         assert rounded == round(ms, 3)
 
 
-@given(st.floats(max_value=0.0, allow_nan=False, allow_infinity=False))
+@given(st.floats(max_value=-5e-324, allow_nan=False, allow_infinity=False))
 def test_a_negative_duration_is_rounded_by_round(ms: float) -> None:
     assert _round_ms(ms) == round(ms, 3)
+
+
+def test_values_that_are_not_plain_floats_are_rounded_by_round_with_their_type() -> None:
+    assert type(_round_ms(5)) is int
+    assert _round_ms(Decimal("1.23456")) == Decimal("1.235")  # type: ignore[arg-type]
+    assert math.isnan(_round_ms(math.nan))
+    assert _round_ms(math.inf) == math.inf
 
 
 def test_examples() -> None:

@@ -835,3 +835,20 @@ def start_postgres(directory: Path) -> Iterator[PostgresServer]:
                     managed.process.wait(timeout=STOP_TIMEOUT)
             if home != directory:
                 shutil.rmtree(home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def busy_port(port: int | None = None) -> Iterator[int]:
+    """A port on 127.0.0.1 that something else listens on."""
+    sock = socket.socket()
+    try:
+        try:
+            sock.bind(("127.0.0.1", port or 0))
+            sock.listen()
+        except OSError:
+            if port is None:
+                raise
+            # Already taken by another process: busy, which is all the test needs.
+        yield port or int(sock.getsockname()[1])
+    finally:
+        sock.close()

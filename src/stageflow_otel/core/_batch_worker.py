@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from itertools import islice
+from itertools import repeat, starmap
 from typing import TYPE_CHECKING, Literal
 
 from ._queue import DROPPED_SHUTDOWN, EventQueue, FlushRequest
@@ -283,11 +283,8 @@ class BatchWorker:
     def _take_locked(self, size: int) -> Export:
         queue = self._queue
         take = min(size, queue.batch_size)
-        events = queue.events
-        batch = tuple(islice(events, take))  # in C: no Python step per event
-        rest = tuple(islice(events, take, None)) if take < len(events) else ()
-        events.clear()
-        events.extend(rest)
+        # popleft ``take`` times, in C: no Python step per event, nothing else copied.
+        batch = tuple(starmap(queue.events.popleft, repeat((), take)))
         job = self.current = Export(batch, queue.removed, self._clock())
         queue.removed += take
         return job

@@ -68,8 +68,15 @@ _time_ns = time.time_ns
 
 
 def _round_ms(ms: float) -> float:
-    """``round(ms, 3)`` (to the microsecond), in half the time for the durations it rounds."""
-    return int(ms * 1000.0 + 0.5) / 1000.0 if 0.0 <= ms < 1e12 else round(ms, 3)
+    """Milliseconds to the microsecond, like ``round(ms, 3)`` in half the time.
+
+    Non-negative floats below 10^12 are rounded by integer arithmetic (an exact binary half
+    goes up, where ``round`` goes to even); anything else (an ``int`` a stage set, a
+    ``Decimal``, a negative value, NaN) is ``round(ms, 3)``, its type kept.
+    """
+    if type(ms) is float and 0.0 <= ms < 1e12:
+        return int(ms * 1000.0 + 0.5) / 1000.0
+    return round(ms, 3)
 
 
 _COMPLETION_EVENT = {
@@ -537,10 +544,11 @@ class RunState:
     def _emit_completion(self, call: StageCall, output: StageOutput, end: float) -> None:
         name = call.stage
         status = output.status
+        duration_ms = _round_ms(output.duration_ms or 0.0)
         payload: dict[str, Any] = {
             "stage": name,
             "status": status._value_,
-            "duration_ms": _round_ms(output.duration_ms or 0.0),
+            "duration_ms": duration_ms,
             "attempt": call.attempt,
             "pipeline_run_id": self.run_id,
             "pipeline": self.name,
@@ -555,7 +563,8 @@ class RunState:
             payload["reason"] = output.data.get("cancel_reason")
         else:
             payload["data_keys"] = sorted(map(str, output.data)) if output.data else []
-            flat = True
+            # A duration the stage set itself may be of any type.
+            flat = type(duration_ms) is float or type(duration_ms) is int
         for event in output.events:
             self.emit(event.type, {**event.data, "stage": name})
         for artifact in output.artifacts:

@@ -24,7 +24,7 @@ import cloudpickle
 from distributed import Client, KilledWorker, WorkerPlugin, get_worker
 
 from ._handle import TaskHandle
-from ._protocol import RESUBMITTED, STARTED, WORKER_LOST, RemoteProgress
+from ._protocol import RESUBMITTED, STARTED, WORKER_LOST, RemoteNote, RemoteProgress
 from ._task import RemoteTask, RemoteTaskLostError, run_task, serialize_task
 
 __all__ = ("PLUGIN_NAME", "DaskExecutor", "StageflowWorkerPlugin", "worker_metrics_urls")
@@ -37,6 +37,9 @@ PLUGIN_NAME = "stageflow-otel"
 DEFAULT_SERVICE_NAME = "stageflow-worker"
 METRICS_PORT_VARIABLE = "STAGEFLOW_OTEL_WORKER_METRICS_PORT"
 METRICS_ADDR_VARIABLE = "STAGEFLOW_OTEL_WORKER_METRICS_ADDR"
+# Longest wait, once a result is in, for the scheduler's news of the run that made it (its
+# ``started``, after a lost worker): the two travel apart and the result may come first.
+NOTE_GRACE_S = 2.0
 
 
 class DaskExecutor:
@@ -110,17 +113,37 @@ class DaskExecutor:
         # The outcome is fetched here, in the stage's own waiting thread.
         value: Any = None
         error: BaseException | None = None
+        notes = list(progress.notes)
         try:
-            value = future.result()
+            ran_on, value = future.result()
         except KilledWorker as exc:
             worker = getattr(exc.last_worker, "address", None)
             error = RemoteTaskLostError(handle.stage, str(exc), worker=worker)
         except Exception as exc:
             error = exc
+        else:
+            notes.extend(self._notes_until_started_on(handle, ran_on))
         handle.finish(value, error)
         self._forget(handle)
         rest = handle.wait(0)
-        return RemoteProgress(progress.notes + rest.notes, True, value, error)
+        return RemoteProgress((*notes, *rest.notes), True, value, error)
+
+    def _notes_until_started_on(self, handle: TaskHandle, worker: str) -> list[RemoteNote]:
+        """The notes up to the start of the run on ``worker`` that made the result.
+
+        Waits at most :data:`NOTE_GRACE_S` for them; nothing when they are in already.
+        """
+        deadline = time.monotonic() + NOTE_GRACE_S
+        notes: list[RemoteNote] = []
+        while True:
+            with self._lock:  # noted under this lock: once the worker is here, so are they
+                if self._runs.get(handle.task_id, (0, ""))[1] == worker:
+                    return notes
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.debug("no start of stage %r on %s reported in time", handle.stage, worker)
+                return notes
+            notes.extend(handle.wait(min(remaining, 0.05)).notes)
 
     def cancel(self, handle: TaskHandle) -> None:
         """Cancel the task on the cluster (a running task runs to its end, unseen)."""
@@ -158,7 +181,7 @@ class DaskExecutor:
         key, worker = msg.get("task"), msg.get("worker")
         if not isinstance(key, str) or not isinstance(worker, str):
             return
-        with self._lock:
+        with self._lock:  # the notes with the run, for _notes_until_started_on
             handle = self._handles.get(key)
             if handle is None:
                 return
@@ -166,16 +189,16 @@ class DaskExecutor:
             self._runs[key] = (executions + 1, worker)
             watch = worker not in self._watched
             self._watched.add(worker)
-        if executions:
-            if previous and not handle.lost_on(previous):
-                handle.note(WORKER_LOST, worker=previous)
-            handle.note(RESUBMITTED, execution=executions + 1)
-        handle.note(
-            STARTED,
-            worker=worker,
-            execution=executions + 1,
-            queue_wait_ms=msg.get("queue_wait_ms"),
-        )
+            if executions:
+                if previous and not handle.lost_on(previous):
+                    handle.note(WORKER_LOST, worker=previous)
+                handle.note(RESUBMITTED, execution=executions + 1)
+            handle.note(
+                STARTED,
+                worker=worker,
+                execution=executions + 1,
+                queue_wait_ms=msg.get("queue_wait_ms"),
+            )
         if watch:
             self._client.subscribe_topic(worker, functools.partial(self._on_worker_event, worker))
 
@@ -200,7 +223,10 @@ class DaskExecutor:
 
 
 def _run_on_worker(payload: bytes, topic: str, key: str) -> Any:
-    """The task Dask runs: announce the start, then run in the plugin's span (if set up)."""
+    """The task Dask runs: announce the start, then run in the plugin's span (if set up).
+
+    Returns ``(worker address, result)``: the client learns which run made the result.
+    """
     worker = get_worker()
     task: RemoteTask = pickle.loads(payload)  # serialized by DaskExecutor.submit
     queued = max(0.0, time.time() - task.submitted_at)
@@ -210,8 +236,8 @@ def _run_on_worker(payload: bytes, topic: str, key: str) -> Any:
     plugin = worker.plugins.get(PLUGIN_NAME)
     telemetry = getattr(plugin, "telemetry", None)
     if telemetry is not None:
-        return telemetry.run(task, worker=worker.address)
-    return run_task(task, worker=worker.address)
+        return worker.address, telemetry.run(task, worker=worker.address)
+    return worker.address, run_task(task, worker=worker.address)
 
 
 class StageflowWorkerPlugin(WorkerPlugin):

@@ -76,11 +76,18 @@ _OWN_FILES = (
 
 
 def _warn(message: str) -> None:
-    """One :class:`InstrumentationWarning`, shown at the first caller outside this package."""
+    """One :class:`InstrumentationWarning`, shown at the first caller outside this package.
+
+    Where warnings are turned into errors (``-W error``), it is logged instead: instrumenting
+    must not break the application's start-up, nor stop the instrumentations loaded after it.
+    """
     level, frame = 1, sys._getframe(1)
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_OWN_FILES):
         level, frame = level + 1, frame.f_back  # type: ignore[assignment]
-    warnings.warn(message, InstrumentationWarning, stacklevel=level + 1)
+    try:
+        warnings.warn(message, InstrumentationWarning, stacklevel=level + 1)
+    except Exception:  # the warning filter raised it
+        logger.warning("%s", message)
 
 
 def _configured_logger_provider() -> Any:
@@ -141,6 +148,7 @@ class StageflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         serve = kwargs.pop("serve_metrics", None)
         kwargs.pop("skip_dep_check", None)
         telemetry: Telemetry | None = None
+        fell_back = ""  # the warning about a busy default port, once installed
         try:
             if kwargs.get("logger_provider") is None:
                 kwargs["logger_provider"] = _configured_logger_provider()
@@ -148,7 +156,7 @@ class StageflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             if serve if serve is not None else telemetry.settings.serve_metrics:
                 server = telemetry.serve_metrics(fallback=True)
                 if server.fallback_from is not None:
-                    _warn(
+                    fell_back = (
                         f"port {server.fallback_from} is busy: stageflow metrics are served on "
                         f"{server.url} instead (set STAGEFLOW_OTEL_METRICS_PORT to choose a port)"
                     )
@@ -169,6 +177,8 @@ class StageflowInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             _warn(f"stageflow instrumentation not installed: {exc}")
             return
         self._telemetry = telemetry
+        if fell_back:
+            _warn(fell_back)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         default_extensions.uninstall(EXTENSION_KEY)

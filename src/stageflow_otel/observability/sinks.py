@@ -275,32 +275,53 @@ _RECORD_FIELDS = (
 _READABLE_FIELDS = ("log_record", "resource", "instrumentation_scope", "limits")
 
 
-class _EventLogRecord(ReadableLogRecord, LogRecord):
-    """One exported event: a ``ReadableLogRecord`` that is its own ``LogRecord``.
+try:
 
-    One slotted object per record instead of two, with its fields set directly: exporters read
-    ``record.log_record.body``, ``record.resource``, ``record.to_json()`` as usual (``log_record``
-    is the record itself). Made only by :func:`_direct_record`, and only when the installed
-    API's ``LogRecord`` and SDK's ``ReadableLogRecord`` have exactly these fields (checked at
-    import). Unlike the SDK's frozen ``ReadableLogRecord``, its fields can be set (the SDK's
-    ``Logger.emit`` sets a ``LogRecord``'s attributes); it equals only itself.
-    """
+    class _EventLogRecord(ReadableLogRecord, LogRecord):
+        """One exported event: a ``ReadableLogRecord`` that is its own ``LogRecord``.
 
-    __slots__ = (*_RECORD_FIELDS, *_READABLE_FIELDS[1:])
+        One slotted object per record instead of two, with its fields set directly: exporters
+        read ``record.log_record.body``, ``record.resource``, ``record.to_json()`` as usual
+        (``log_record`` is the record itself), and ``dataclasses.replace(record, ...)`` makes
+        another one. Made by :func:`_direct_record` only when the installed API's ``LogRecord``
+        and SDK's ``ReadableLogRecord`` have exactly these fields (checked at import). Unlike
+        the SDK's frozen ``ReadableLogRecord``, its fields can be set (the SDK's ``Logger.emit``
+        sets a ``LogRecord``'s attributes); it equals only itself.
+        """
 
-    # The generic attribute access of ``object``, not the frozen dataclass's: set directly.
-    __setattr__ = object.__setattr__
-    __delattr__ = object.__delattr__
-    __eq__ = object.__eq__
-    __hash__ = object.__hash__
+        __slots__ = (*_RECORD_FIELDS, *_READABLE_FIELDS[1:])
 
-    @property
-    def log_record(self) -> LogRecord:
-        """The record itself."""
-        return self
+        # The generic attribute access of ``object``, not the frozen dataclass's: set directly.
+        __setattr__ = object.__setattr__
+        __delattr__ = object.__delattr__
+        __eq__ = object.__eq__
+        __hash__ = object.__hash__
 
-    def __repr__(self) -> str:
-        return f"<log record {self.event_name!r} at {self.timestamp}>"
+        def __init__(
+            self,
+            log_record: LogRecord,
+            resource: Resource,
+            instrumentation_scope: InstrumentationScope | None = None,
+            limits: Any = None,
+        ) -> None:
+            # What ``dataclasses.replace`` calls: a copy of ``log_record`` with these.
+            record: Any = self  # its own setters, not the frozen dataclass's read-only view
+            for name in _RECORD_FIELDS:
+                setattr(record, name, getattr(log_record, name))
+            record.resource = resource
+            record.instrumentation_scope = instrumentation_scope
+            record.limits = limits
+
+        @property
+        def log_record(self) -> LogRecord:
+            """The record itself."""
+            return self
+
+        def __repr__(self) -> str:
+            return f"<log record {self.event_name!r} at {self.timestamp}>"
+
+except TypeError:  # another API or SDK whose classes cannot be combined: the constructors
+    _EventLogRecord = None  # type: ignore[assignment,misc]
 
 
 def _direct_record(
@@ -379,6 +400,9 @@ def _choose_record_factory() -> Any:
     probe = Event("probe", {})
     probe.trace_id, probe.span_id, probe.trace_flags = 1, 2, 1
     resource = Resource.create({})
+    combined: Any = _EventLogRecord
+    if combined is None:
+        return _constructed_record
     try:
         for trace_of in (_typed_trace(probe, {}), _NO_TRACE):
             args = (3, trace_of, SeverityNumber.INFO, "INFO", {"a": 1}, {"a": 1}, "p", 4, resource)

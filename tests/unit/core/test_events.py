@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -31,6 +32,7 @@ from stageflow_otel.core import (
     StageExecutionError,
     StageOutput,
     StageReturn,
+    StageStatus,
 )
 from stageflow_otel.core.events import Event
 from tests.unit.core.support import run
@@ -509,6 +511,9 @@ async def test_the_engine_marks_only_events_whose_fields_are_all_flat_values() -
     async def broken(ctx: StageContext) -> StageReturn:
         raise ValueError({"not": "text"})
 
+    async def timed(ctx: StageContext) -> StageReturn:
+        return StageOutput(status=StageStatus.OK, duration_ms=Decimal("1.5"))  # type: ignore[arg-type]
+
     async def skipped(ctx: StageContext) -> StageReturn:
         return StageOutput.skip(reason={"why": ["a", 1]})  # type: ignore[arg-type]
 
@@ -518,13 +523,14 @@ async def test_the_engine_marks_only_events_whose_fields_are_all_flat_values() -
         .with_stage("broken", broken)
         .with_stage("skipped", skipped)
         .with_stage("empty", noop)
+        .with_stage("timed", timed)
     )
     with pytest.raises(StageExecutionError):
         await run(pipeline.build(hooks=[], event_sink=sink, failure_mode="continue"))
 
     flat = {(e.type, e.fields.get("stage")) for e in sink.events if e.flat}
     assert flat == {
-        *(("stage.started", name) for name in ("load", "broken", "skipped", "empty")),
+        *(("stage.started", name) for name in ("load", "broken", "skipped", "empty", "timed")),
         ("stage.completed", "load"),
         ("stage.completed", "empty"),
     }

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from stageflow_otel.observability.instrumentation import (
 from stageflow_otel.observability.logging import CanonicalLog
 from stageflow_otel.observability.metrics import MetricsServeError
 from stageflow_otel.testing import in_memory_telemetry
+from tests.support.servers import busy_port
 
 from .support import ok_stage, raising_stage
 
@@ -415,3 +417,42 @@ def test_a_dead_exporter_delays_exit_by_at_most_the_exit_timeout(tmp_path: Path)
     code, names, output = _run_exit_app(tmp_path, 600, STAGEFLOW_OTEL_EXIT_TIMEOUT="0.5")
 
     assert (code, names, output) == (0, [], "")
+
+
+@pytest.mark.usefixtures("clean_instrumentation")
+def test_a_busy_default_port_serves_elsewhere_with_one_warning_at_the_caller() -> None:
+    with busy_port(9464), pytest.warns(InstrumentationWarning) as warned:
+        telemetry = instrument(registry=CollectorRegistry(), serve_metrics=True)
+
+    assert telemetry is not None
+    assert default_extensions.get(EXTENSION_KEY) is not None
+    [server] = telemetry._servers
+    assert server.fallback_from == 9464
+    expected = (
+        f"port 9464 is busy: stageflow metrics are served on {server.url} instead "
+        "(set STAGEFLOW_OTEL_METRICS_PORT to choose a port)"
+    )
+    assert [str(w.message) for w in warned] == [expected]
+    assert [w.filename for w in warned] == [__file__]
+
+
+@pytest.mark.usefixtures("clean_instrumentation")
+def test_warnings_turned_into_errors_are_logged_and_break_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="stageflow_otel.instrumentation")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as under ``python -W error``
+        with busy_port(9464):
+            telemetry = instrument(registry=CollectorRegistry(), serve_metrics=True)
+        assert telemetry is not None  # installed, the warning logged instead
+        assert default_extensions.get(EXTENSION_KEY) is not None
+        uninstrument()
+        monkeypatch.setenv("STAGEFLOW_OTEL_MAX_STAGE_NAMES", "0")
+        assert instrument(registry=CollectorRegistry()) is None  # no exception either
+
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 2
+    assert logged[0].startswith("port 9464 is busy: stageflow metrics are served on ")
+    assert logged[1].startswith("stageflow instrumentation not installed: ")
+    assert "STAGEFLOW_OTEL_MAX_STAGE_NAMES" in logged[1]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 from opentelemetry._logs import LogRecord, SeverityNumber
-from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, InMemoryLogRecordExporter
 from opentelemetry.sdk.resources import Resource
 
 from stageflow_otel.core.events import Event
 from stageflow_otel.observability import sinks
+from stageflow_otel.observability.sinks import OtelLogEventSink
 
 
 def typed_event() -> Event:
@@ -83,3 +86,49 @@ def test_a_flat_event_gives_the_record_its_fields_would_give_when_checked() -> N
     assert made[0].attributes is flat.fields  # used as they are, not copied
     assert dict(made[0].attributes or {}) == dict(made[1].attributes or {}) == fields
     assert made[0].body == made[1].body == fields
+
+
+def test_replace_makes_another_record_as_for_the_sdks_own() -> None:
+    args = (7, sinks._NO_TRACE, SeverityNumber.INFO, "INFO", {"a": 1}, {"a": 1}, "t", 9)
+    record = sinks._direct_record(*args, Resource.get_empty())
+    other = Resource.create({"service.name": "elsewhere"})
+
+    moved = dataclasses.replace(record, resource=other)
+
+    assert moved is not record
+    assert moved.resource is other
+    itself: object = moved.log_record
+    assert itself is moved
+    assert json.loads(moved.to_json())["body"] == {"a": 1}
+    assert record.resource is not other  # the original is untouched
+
+
+def test_api_and_sdk_classes_that_cannot_be_combined_fall_back_to_the_constructors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sinks, "_EventLogRecord", None)
+
+    assert sinks._choose_record_factory() is sinks._constructed_record
+
+
+def test_a_logger_provider_with_a_batch_processor_exports_the_same_records() -> None:
+    exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
+    provider = LoggerProvider(resource=Resource.create({"service.name": "t"}))
+    provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    sink = OtelLogEventSink(logger_provider=provider)
+    event = typed_event()
+    event.flat = True
+    try:
+        sink.try_emit_event(event)
+        assert sink.queued_sink().force_flush()
+        provider.force_flush()
+        [exported] = exporter.get_finished_logs()
+    finally:
+        sink.queued_sink().shutdown()
+        provider.shutdown()
+
+    # The processor copies the record and keeps its own resource, as for any LogRecord.
+    assert exported.resource.attributes["service.name"] == "t"
+    assert exported.log_record.event_name == "stage.completed"
+    assert exported.log_record.body == {"stage": "a", "status": "ok", "data_keys": ["x"]}
+    assert (exported.log_record.trace_id, exported.log_record.span_id) == (0x1234, 0x56)
