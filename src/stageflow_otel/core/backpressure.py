@@ -161,7 +161,31 @@ class BackpressureStatistics:
         return self.dropped_queue_full + self.dropped_shutdown + self.export_failed
 
 
-class BackpressureAwareEventSink:
+class _StartedInAsyncWith:
+    """``async with sink:`` starts the sink and, on the way out, closes it (:meth:`aclose`)."""
+
+    __slots__ = ()
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self, timeout: float = DEFAULT_TIMEOUT) -> bool:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class BackpressureAwareEventSink(_StartedInAsyncWith):
     """An event sink with a bounded queue, batched export on a worker thread, counted drops.
 
     ``try_emit`` is O(1), never awaits, never raises and never blocks: it appends to the queue
@@ -380,18 +404,6 @@ class BackpressureAwareEventSink:
         """:meth:`shutdown` on a worker thread, so the event loop keeps running."""
         return await anyio.to_thread.run_sync(self.shutdown, timeout, abandon_on_cancel=True)
 
-    async def __aenter__(self) -> Self:
-        self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     def statistics(self) -> BackpressureStatistics:
         """A snapshot of the queue and its counters."""
         queue, worker = self._queue, self._worker
@@ -417,7 +429,7 @@ class BackpressureAwareEventSink:
             )
 
 
-class QueueFrontedSink:
+class QueueFrontedSink(_StartedInAsyncWith):
     """The lifecycle of a sink that chooses events for a :class:`BackpressureAwareEventSink`.
 
     Such a sink (the OpenTelemetry log sink, the analytics sink) decides which events go into
@@ -450,18 +462,6 @@ class QueueFrontedSink:
     async def aclose(self, timeout: float = DEFAULT_TIMEOUT) -> bool:
         """:meth:`shutdown` on a worker thread, so the event loop keeps running."""
         return await self.queued_sink().aclose(timeout)
-
-    async def __aenter__(self) -> Self:
-        self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def statistics(self) -> BackpressureStatistics:
         """A snapshot of the queue and its counters."""
